@@ -1,0 +1,8 @@
+"""outrider: a sidecar for LLM inference engines."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("outrider")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

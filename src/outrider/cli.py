@@ -1,0 +1,149 @@
+"""Command line: `outrider serve` (and later subcommands).
+
+Flags use the Kthena runtime's spellings; environment variables use the AIBrix runtime's spellings; every setting
+also has an `OUTRIDER_*` variable. Precedence: flag, then `OUTRIDER_*`, then the peer's variable, then the default.
+This is the only module besides `settings.py` that looks at the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from outrider import __version__
+from outrider.settings import Settings, SettingsError, from_raw
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its flags, the environment variables that may carry it (first wins), and its help."""
+
+    dest: str
+    flags: tuple[str, ...]
+    env: tuple[str, ...]
+    help: str
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "engine",
+        ("-E", "--engine"),
+        ("OUTRIDER_ENGINE", "INFERENCE_ENGINE"),
+        "inference engine: vllm or sglang (vllmdisaggregated is taken as vllm)",
+    ),
+    Option("host", ("-H", "--host"), ("OUTRIDER_HOST",), "address to listen on (default 0.0.0.0)"),
+    Option("port", ("-P", "--port"), ("OUTRIDER_PORT",), "port to listen on (default 9000)"),
+    Option(
+        "engine_base_url",
+        ("-B", "--engine-base-url"),
+        ("OUTRIDER_ENGINE_BASE_URL", "INFERENCE_ENGINE_ENDPOINT"),
+        "engine base URL (default http://localhost:8000)",
+    ),
+    Option(
+        "engine_metrics_path",
+        ("-M", "--engine-metrics-path"),
+        ("OUTRIDER_ENGINE_METRICS_PATH", "METRIC_SCRAPE_PATH"),
+        "engine metrics path (default /metrics)",
+    ),
+    Option(
+        "engine_api_key",
+        ("--engine-api-key",),
+        ("OUTRIDER_ENGINE_API_KEY", "INFERENCE_ENGINE_API_KEY"),
+        "bearer token sent to the engine (prefer the environment variable: flags show in `ps`)",
+    ),
+    Option("pod", ("-I", "--pod"), ("OUTRIDER_POD", "POD_NAME"), "pod identifier (default: POD_NAME or hostname)"),
+    Option("model", ("-N", "--model"), ("OUTRIDER_MODEL",), "served model name (default: asked of the engine)"),
+    Option(
+        "scrape_interval",
+        ("--scrape-interval",),
+        ("OUTRIDER_SCRAPE_INTERVAL",),
+        "seconds between engine scrapes (default 1)",
+    ),
+    Option(
+        "scrape_timeout",
+        ("--scrape-timeout",),
+        ("OUTRIDER_SCRAPE_TIMEOUT",),
+        "seconds one scrape may take (default 2)",
+    ),
+    Option(
+        "metrics_max_age",
+        ("--metrics-max-age",),
+        ("OUTRIDER_METRICS_MAX_AGE",),
+        "seconds after which the last engine page is dropped as stale (default 3 scrape intervals)",
+    ),
+    Option(
+        "metrics_profile",
+        ("--metrics-profile",),
+        ("OUTRIDER_METRICS_PROFILE",),
+        "comma list of name sets to add: outrider, kthena, aibrix (default outrider)",
+    ),
+    Option(
+        "metrics_prefix",
+        ("--metrics-prefix",),
+        ("OUTRIDER_METRICS_PREFIX",),
+        "prefix of the unified names (default outrider)",
+    ),
+    Option("log_level", ("--log-level",), ("OUTRIDER_LOG_LEVEL",), "debug, info, warning or error"),
+    Option(
+        "shutdown_grace",
+        ("--shutdown-grace",),
+        ("OUTRIDER_SHUTDOWN_GRACE",),
+        "seconds in-flight requests get at shutdown (default 1)",
+    ),
+)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus an error; an operator reading pod logs wants the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"outrider: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="outrider", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"outrider {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    serve = sub.add_parser("serve", help="run the sidecar service")
+    for opt in SERVE_OPTIONS:
+        envs = ", ".join(opt.env)
+        serve.add_argument(*opt.flags, dest=opt.dest, default=None, help=f"{opt.help} [env: {envs}]")
+    return parser
+
+
+def resolve(args: argparse.Namespace, options: Sequence[Option], environ: Mapping[str, str]) -> dict[str, str | None]:
+    """Flag first, then each environment variable in order; None when nothing was given."""
+    raw: dict[str, str | None] = {}
+    for opt in options:
+        value: str | None = getattr(args, opt.dest)
+        if value is None:
+            value = next((environ[name] for name in opt.env if environ.get(name)), None)
+        raw[opt.dest] = value
+    return raw
+
+
+def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    raw = resolve(args, SERVE_OPTIONS, environ)
+    if not raw["pod"]:
+        raw["pod"] = socket.gethostname()
+    return from_raw(raw)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    if args.command == "serve":
+        try:
+            settings = serve_settings(args, env)
+        except SettingsError as exc:
+            print(f"outrider: error: {exc}", file=sys.stderr)
+            return 2
+        from outrider.service import run  # imported late: `--help` should not pay for the server stack
+
+        return run(settings)
+    raise AssertionError(f"unhandled command {args.command!r}")

@@ -1,0 +1,56 @@
+"""outrider's error tree, and the one place that turns an error into an HTTP status and a JSON body.
+
+Catch `OutriderError` for everything outrider raises on purpose; subclasses say which HTTP status a client gets.
+A message is written for the caller: it names the field and the problem and never carries a credential.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OutriderError(Exception):
+    """Base of every error outrider raises on purpose."""
+
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_json(self) -> dict[str, Any]:
+        return error_body(self.type, self.message, self.field)
+
+
+class InvalidRequest(OutriderError):
+    """The request is malformed: a missing or wrong field, a bad value."""
+
+    status = 400
+    type = "invalid_request"
+
+
+class NotFound(OutriderError):
+    status = 404
+    type = "not_found"
+
+
+class Conflict(OutriderError):
+    status = 409
+    type = "conflict"
+
+
+class EngineUnavailable(OutriderError):
+    """The engine could not be reached or did not answer in time."""
+
+    status = 503
+    type = "engine_unavailable"
+
+
+def error_body(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The JSON body of every error answer: `{"error": {"type", "message", "field"?}}`."""
+    error: dict[str, Any] = {"type": type_, "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}

@@ -1,0 +1,1 @@
+"""Standardized engine metrics: scrape, rewrite, serve."""

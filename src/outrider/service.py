@@ -1,0 +1,149 @@
+"""The supervisor: one root nursery holding the scrape loop and the HTTP server, and a clean shutdown.
+
+Start-up order is explicit (`nursery.start`): the scraper is ready before the server accepts connections.
+Shutdown: SIGTERM or SIGINT sets one event; hypercorn stops accepting, gives in-flight requests
+`settings.shutdown_grace` seconds, then the nursery cancels every loop. The whole takes well under 2 s.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+
+import httpx
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from outrider.engines import get_engine_spec
+from outrider.engines.client import auth_headers, served_base_model
+from outrider.http.app import create_app
+from outrider.metrics.concepts import profile_targets
+from outrider.metrics.own import OwnMetrics
+from outrider.metrics.scraper import Scraper
+from outrider.metrics.standardize import Rewriter
+from outrider.runtime import Runtime
+from outrider.settings import Settings
+
+log = logging.getLogger("outrider")
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    spec = get_engine_spec(settings.engine)
+    metrics = OwnMetrics(settings.engine)
+    rewriter = Rewriter(spec.metric_sources, profile_targets(settings.metrics_profiles, settings.metrics_prefix))
+    scraper = Scraper(
+        url=settings.engine_metrics_url,
+        interval=settings.scrape_interval,
+        timeout=settings.scrape_timeout,
+        max_age=settings.metrics_max_age,
+        rewriter=rewriter,
+        metrics=metrics,
+        headers=auth_headers(settings.engine_api_key),
+    )
+    return Runtime(settings=settings, metrics=metrics, scraper=scraper, model=settings.model)
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    host = settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    config.bind = [f"{host}:{settings.port}"]
+    config.graceful_timeout = settings.shutdown_grace
+    config.accesslog = None  # request logging is not free, and probes would flood it
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve(
+    settings: Settings,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[tuple[Runtime, list[str]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections."""
+    runtime = build_runtime(settings)
+    app = create_app(runtime)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.scraper.run)
+        if runtime.model is None:
+            nursery.start_soon(_discover_model, runtime)
+        binds: list[str] = await nursery.start(
+            functools.partial(_serve_http, app, hypercorn_config(settings), shutdown, nursery.cancel_scope)
+        )
+        log.info(
+            "outrider serving on %s; engine %s at %s (metrics %s)",
+            ", ".join(binds),
+            settings.engine,
+            settings.engine_base_url,
+            settings.engine_metrics_path,
+        )
+        task_status.started((runtime, binds))
+
+
+async def _serve_http(
+    app: object,
+    config: Config,
+    shutdown: trio.Event,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+    finally:
+        scope.cancel()  # the server is done: stop every other loop too
+
+
+async def _discover_model(runtime: Runtime) -> None:
+    """Ask the engine for its served model name until it answers (only when --model was not given)."""
+    settings = runtime.settings
+    delay = settings.scrape_interval
+    async with httpx.AsyncClient(timeout=settings.scrape_timeout, headers=auth_headers(settings.engine_api_key)) as c:
+        while runtime.model is None:
+            try:
+                runtime.model = await served_base_model(c, settings.engine_base_url)
+            except (httpx.HTTPError, ValueError) as exc:
+                log.debug("model discovery: %s", exc)
+            if runtime.model is None:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+    log.info("engine serves model %r", runtime.model)
+
+
+async def _main(settings: Settings) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals, shutdown)
+        await serve(settings, shutdown)
+        nursery.cancel_scope.cancel()
+
+
+async def _on_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            shutdown.set()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape otherwise
+
+
+def run(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    try:
+        trio.run(_main, settings)
+    except OSError as exc:  # typically the port is taken: one line, not a traceback
+        log.error("cannot serve on %s:%s: %s", settings.host, settings.port, exc)
+        return 1
+    log.info("outrider stopped")
+    return 0

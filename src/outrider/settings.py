@@ -1,0 +1,144 @@
+"""The one Settings object, validated once at start.
+
+Only `cli.py` turns flags and environment variables into raw strings; this module turns those strings into a
+frozen, validated `Settings` or raises `SettingsError` with one line naming the setting and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+import httpx
+
+ENGINES = ("vllm", "sglang")
+# Kthena accepts this spelling for a vLLM that serves disaggregated prefill/decode; the APIs are vLLM's.
+ENGINE_ALIASES = {"vllmdisaggregated": "vllm"}
+METRICS_PROFILES = ("outrider", "kthena", "aibrix")
+_PREFIX_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message is one line meant for the operator."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    engine: str
+    engine_base_url: str
+    engine_metrics_path: str = "/metrics"
+    # repr=False: the key must never reach a log line through a repr of the settings.
+    engine_api_key: str | None = dataclasses.field(default=None, repr=False)
+    host: str = "0.0.0.0"
+    port: int = 9000
+    pod: str = ""
+    model: str | None = None
+    scrape_interval: float = 1.0
+    scrape_timeout: float = 2.0
+    metrics_max_age: float = 3.0
+    metrics_profiles: tuple[str, ...] = ("outrider",)
+    metrics_prefix: str = "outrider"
+    log_level: str = "info"
+    shutdown_grace: float = 1.0
+
+    @property
+    def engine_metrics_url(self) -> str:
+        return self.engine_base_url.rstrip("/") + self.engine_metrics_path
+
+
+def parse_engine(raw: str) -> str:
+    name = raw.strip().lower()
+    name = ENGINE_ALIASES.get(name, name)
+    if name not in ENGINES:
+        raise SettingsError(f"--engine: unknown engine {raw!r} (expected one of: {', '.join(ENGINES)})")
+    return name
+
+
+def parse_base_url(raw: str, setting: str) -> str:
+    try:
+        url = httpx.URL(raw.strip())
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise SettingsError(f"{setting}: malformed URL {raw!r}: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise SettingsError(f"{setting}: malformed URL {raw!r}: expected http(s)://host[:port]")
+    if url.query or url.fragment:
+        raise SettingsError(f"{setting}: URL {raw!r} must not carry a query or fragment")
+    return str(url).rstrip("/")
+
+
+def parse_path(raw: str, setting: str) -> str:
+    path = raw.strip()
+    if not path.startswith("/") or any(c in path for c in "?# "):
+        raise SettingsError(f"{setting}: expected an absolute URL path like /metrics, got {raw!r}")
+    return path
+
+
+def parse_seconds(raw: str, setting: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{setting}: expected a number of seconds, got {raw!r}") from None
+    if not value > minimum or value != value or value == float("inf"):
+        raise SettingsError(f"{setting}: must be a finite number of seconds above {minimum:g}, got {raw!r}")
+    return value
+
+
+def parse_port(raw: str, setting: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise SettingsError(f"{setting}: expected a TCP port number, got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"{setting}: port {port} is out of range 0-65535")
+    return port
+
+
+def parse_profiles(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(p.strip().lower() for p in raw.split(",") if p.strip()))
+    if not names:
+        raise SettingsError("--metrics-profile: empty (expected a comma list of: outrider, kthena, aibrix)")
+    unknown = [n for n in names if n not in METRICS_PROFILES]
+    if unknown:
+        raise SettingsError(
+            f"--metrics-profile: unknown profile {unknown[0]!r} (expected: {', '.join(METRICS_PROFILES)})"
+        )
+    return names
+
+
+def from_raw(raw: Mapping[str, str | None]) -> Settings:
+    """Build Settings from resolved raw strings (None = not given anywhere; the default applies)."""
+
+    def get(key: str, default: str) -> str:
+        value = raw.get(key)
+        return default if value is None or value == "" else value
+
+    interval = parse_seconds(get("scrape_interval", "1"), "--scrape-interval")
+    max_age_raw = raw.get("metrics_max_age")
+    max_age = 3 * interval if not max_age_raw else parse_seconds(max_age_raw, "--metrics-max-age")
+    prefix = get("metrics_prefix", "outrider")
+    if not _PREFIX_RE.match(prefix):
+        raise SettingsError(f"--metrics-prefix: {prefix!r} is not a valid metric name prefix")
+    log_level = get("log_level", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise SettingsError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    engine_raw = raw.get("engine")
+    if not engine_raw:
+        raise SettingsError("--engine: required (vllm or sglang); also read from INFERENCE_ENGINE")
+    return Settings(
+        engine=parse_engine(engine_raw),
+        engine_base_url=parse_base_url(get("engine_base_url", "http://localhost:8000"), "--engine-base-url"),
+        engine_metrics_path=parse_path(get("engine_metrics_path", "/metrics"), "--engine-metrics-path"),
+        engine_api_key=raw.get("engine_api_key") or None,
+        host=get("host", "0.0.0.0"),
+        port=parse_port(get("port", "9000"), "--port"),
+        pod=get("pod", ""),
+        model=raw.get("model") or None,
+        scrape_interval=interval,
+        scrape_timeout=parse_seconds(get("scrape_timeout", "2"), "--scrape-timeout"),
+        metrics_max_age=max_age,
+        metrics_profiles=parse_profiles(get("metrics_profile", "outrider")),
+        metrics_prefix=prefix,
+        log_level=log_level,
+        shutdown_grace=parse_seconds(get("shutdown_grace", "1"), "--shutdown-grace"),
+    )

@@ -1,0 +1,190 @@
+"""outrider against a stand-in engine over real sockets: serving, slow, down, and back."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fakes.engine import FakeEngine
+from tests.integration.conftest import fast_settings, start_outrider, wait_until
+
+Checker = httpx.AsyncClient
+
+
+def value(page: str, sample: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+async def is_ready(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/ready")).status_code == 200
+
+
+async def timed_get(client: httpx.AsyncClient, path: str) -> tuple[float, httpx.Response]:
+    start = trio.current_time()
+    response = await client.get(path)
+    return trio.current_time() - start, response
+
+
+async def test_serves_engine_page_with_unified_names(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+    response = await o.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    body = response.text
+    assert body.startswith(vllm_engine.page)
+    assert value(body, "outrider:prompt_tokens_total") == value(vllm_engine.page, "vllm:prompt_tokens_total")
+    assert value(body, "kthena:generation_tokens_total") == value(body, "vllm:generation_tokens_total")
+    assert value(body, "outrider_engine_up") == 1.0
+    assert value(body, "outrider_engine_page_served") == 1.0
+    age = value(body, "outrider_engine_page_age_seconds")
+    assert age is not None and 0 <= age <= 0.5
+    assert value(body, "outrider_build_info", engine="vllm") == 1.0
+    o.shutdown.set()
+
+
+async def test_metrics_never_waits_on_the_engine(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+    served_before = vllm_engine.metrics_requests
+    for _ in range(20):
+        await o.client.get("/metrics")
+    # 20 requests in well under a scrape interval or two: a request-path scrape would have made 20 engine calls.
+    assert vllm_engine.metrics_requests - served_before <= 3
+    o.shutdown.set()
+
+
+async def test_slow_engine_goes_stale_without_slowing_health(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+    vllm_engine.delay = 1.0  # longer than the 0.3 s scrape timeout
+
+    async def stale() -> bool:
+        return (await o.client.get("/ready")).status_code == 503
+
+    worst = 0.0
+    with trio.move_on_after(5):
+        while not await stale():
+            for path in ("/health", "/healthz", "/metrics"):
+                elapsed, response = await timed_get(o.client, path)
+                assert response.status_code == 200
+                worst = max(worst, elapsed)
+    assert await stale()
+    assert worst < 0.1, f"a request took {worst:.3f}s while the engine was slow"
+    ready = (await o.client.get("/ready")).json()
+    assert ready["status"] == "not ready" and "stale" in ready["reason"]
+    body = (await o.client.get("/metrics")).text
+    assert "vllm:" not in body and "outrider:" not in body  # stale engine series are dropped, not served
+    assert value(body, "outrider_engine_page_served") == 0.0
+    timeouts = value(body, "outrider_scrape_failures_total", reason="timeout")
+    assert timeouts is not None and timeouts >= 1
+    assert (await o.client.get("/health")).json() == {"status": "healthy", "service": "runtime"}
+    o.shutdown.set()
+
+
+async def test_dead_engine_then_recovery(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+
+    vllm_engine.stop()
+
+    async def unreachable() -> bool:
+        r = await o.client.get("/ready")
+        return r.status_code == 503 and "unreachable" in r.json()["reason"]
+
+    await wait_until(unreachable, what="/ready 503 naming the unreachable engine")
+    reason = (await o.client.get("/ready")).json()["reason"]
+    assert vllm_engine.base_url in reason
+
+    async def engine_series_gone() -> bool:
+        return "vllm:" not in (await o.client.get("/metrics")).text
+
+    await wait_until(engine_series_gone, what="stale series dropped")
+    body = (await o.client.get("/metrics")).text
+    assert value(body, "outrider_engine_up") == 0.0
+    connects = value(body, "outrider_scrape_failures_total", reason="connect")
+    assert connects is not None and connects >= 1
+    elapsed, health = await timed_get(o.client, "/health")
+    assert health.status_code == 200 and elapsed < 0.1
+
+    await vllm_engine.start(nursery)  # same port
+    await wait_until(lambda: is_ready(o.client), what="/ready 200 after the engine came back")
+    body = (await o.client.get("/metrics")).text
+    assert value(body, "outrider:prompt_tokens_total") == value(vllm_engine.page, "vllm:prompt_tokens_total")
+    assert value(body, "outrider_engine_up") == 1.0
+    o.shutdown.set()
+
+
+async def test_engine_error_status_is_counted(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+    vllm_engine.status = 500
+
+    async def counted() -> bool:
+        v = value((await o.client.get("/metrics")).text, "outrider_scrape_failures_total", reason="http_status")
+        return v is not None and v >= 1
+
+    await wait_until(counted, what="http_status failure counted")
+    o.shutdown.set()
+
+
+async def test_not_ready_before_first_scrape_and_model_discovered(
+    nursery: trio.Nursery, vllm_engine: FakeEngine
+) -> None:
+    vllm_engine.stop()
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    response = await o.client.get("/ready")
+    assert response.status_code == 503
+    body = (await o.client.get("/metrics")).text
+    assert value(body, "outrider_engine_page_age_seconds") == -1.0
+    await vllm_engine.start(nursery)
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+
+    async def model_known() -> bool:
+        model: object = (await o.client.get("/ready")).json().get("model")
+        return model == "tiny"
+
+    await wait_until(model_known, what="model discovered from /v1/models")
+    o.shutdown.set()
+
+
+async def test_api_key_goes_to_the_engine_and_nowhere_else(
+    nursery: trio.Nursery, vllm_engine: FakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-outrider-test-secret-1234"
+    o = await start_outrider(nursery, fast_settings(vllm_engine, engine_api_key=secret))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+    assert vllm_engine.seen_headers and all(
+        h.get("authorization") == f"Bearer {secret}" for h in vllm_engine.seen_headers
+    )
+    vllm_engine.stop()  # failures get logged: the key must not be in those lines either
+
+    async def unreachable() -> bool:
+        return (await o.client.get("/ready")).status_code == 503
+
+    await wait_until(unreachable, what="engine seen down")
+    everything = [(await o.client.get(p)).text for p in ("/metrics", "/ready", "/health", "/healthz", "/nope")]
+    assert all(secret not in text for text in everything)
+    assert secret not in caplog.text
+    assert secret not in repr(o.runtime.settings)
+    o.shutdown.set()
+
+
+async def test_unknown_route_is_json_404(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    response = await o.client.get("/no/such/route")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found"
+    response = await o.client.post("/metrics")
+    assert response.status_code == 405
+    assert "error" in response.json()
+    o.shutdown.set()
