@@ -54,3 +54,36 @@ def error_body(type_: str, message: str, field: str | None = None) -> dict[str, 
     if field is not None:
         error["field"] = field
     return {"error": error}
+
+
+class SourceError(OutriderError):
+    """A store or volume refused or failed a listing or a read."""
+
+    status = 502
+    type = "source_error"
+
+
+class InvalidSource(SourceError, InvalidRequest):
+    """The source URI or its options are malformed (unknown scheme, missing bucket, bad revision...)."""
+
+    status = 400
+    type = "invalid_source"
+
+
+class SourceNotFound(SourceError):
+    status = 404
+    type = "source_not_found"
+
+
+class SourceAccessDenied(SourceError):
+    """Wrong or missing credentials, or a path outside what this pod may read."""
+
+    status = 403
+    type = "source_access_denied"
+
+
+class SourceTransientError(SourceError):
+    """A failure a retry may fix: reset connection, 5xx, timeout, throttling."""
+
+    status = 503
+    type = "source_unavailable"

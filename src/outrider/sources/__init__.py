@@ -1,0 +1,1 @@
+"""Object stores and volumes behind one interface (`sources.base.Source`)."""

@@ -1,0 +1,59 @@
+"""The one interface every store implements: list a root, read a byte range of a file.
+
+A `Source` is one model or adapter: a bucket and prefix, a Hugging Face repo at a revision, or a directory on a
+mounted volume. The transfer engine never asks which store it is talking to.
+
+Contract:
+- Every method blocks; the transfer engine calls them from worker threads (under one shared CapacityLimiter),
+  several at once, so an implementation must be thread-safe (one SDK client shared, or one per thread).
+- `read_range` yields the bytes in pieces of at most `PIECE_SIZE`, never a whole chunk at once, so memory stays
+  bounded by workers x piece size whatever the file size. A caller may stop iterating early (cancel): the
+  generator's cleanup (`finally`) must release the connection.
+- Failures are `outrider.errors.SourceError` subclasses: `SourceTransientError` for what a retry may fix (reset
+  connection, 5xx, timeout, throttling), `SourceNotFound` / `SourceAccessDenied` / `InvalidSource` for what it will
+  not. Messages carry the store's own words and never a credential.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator
+
+# Bytes per piece yielded by read_range: small enough that workers x pieces in flight stays a few MiB,
+# large enough that per-piece overhead (a Python loop turn, a pwrite) is negligible.
+PIECE_SIZE = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Checksum:
+    """A content checksum the store offers. `algorithm` is one of: md5 (hex), sha256 (hex), crc64ecma (decimal)."""
+
+    algorithm: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    path: str  # relative to the source root, '/'-separated, no leading '/', no '.' or '..' parts
+    size: int
+    checksum: Checksum | None = None
+    version: str | None = None  # changes when the remote content changes (ETag, LFS oid, mtime+size, ...)
+
+
+class Source(abc.ABC):
+    #: The source as given, with any credential removed: safe for logs, errors and job records.
+    display: str
+    #: What was resolved for this download (a Hugging Face commit, else None); recorded beside the files.
+    revision: str | None = None
+
+    @abc.abstractmethod
+    def list_files(self) -> list[RemoteFile]:
+        """Every file under the root (recursively), with sizes. Raises SourceNotFound for a missing root."""
+
+    @abc.abstractmethod
+    def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
+        """Yield bytes [start, end) of `path` (end exclusive) in pieces of at most PIECE_SIZE."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most sources hold nothing to release
+        """Release clients and connections."""
