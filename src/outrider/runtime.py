@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from outrider.metrics.own import OwnMetrics
+from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
 from outrider.settings import Settings
 
@@ -14,4 +15,5 @@ class Runtime:
     settings: Settings
     metrics: OwnMetrics
     scraper: Scraper
+    page: ServedPage
     model: str | None = None  # the engine's served model name, from --model or asked of the engine

@@ -22,6 +22,7 @@ from outrider.engines.client import auth_headers, served_base_model
 from outrider.http.app import create_app
 from outrider.metrics.concepts import profile_targets
 from outrider.metrics.own import OwnMetrics
+from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
 from outrider.metrics.standardize import Rewriter
 from outrider.runtime import Runtime
@@ -43,7 +44,9 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics=metrics,
         headers=auth_headers(settings.engine_api_key),
     )
-    return Runtime(settings=settings, metrics=metrics, scraper=scraper, model=settings.model)
+    return Runtime(
+        settings=settings, metrics=metrics, scraper=scraper, page=ServedPage(scraper, metrics), model=settings.model
+    )
 
 
 def hypercorn_config(settings: Settings) -> Config:

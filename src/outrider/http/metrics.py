@@ -14,8 +14,4 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     runtime: Runtime = current_app.config["RUNTIME"]
-    runtime.scraper.update_gauges()
-    page = runtime.scraper.fresh_page()
-    own = runtime.metrics.render()
-    body = own if page is None else page + own
-    return Response(body, status=200, content_type=CONTENT_TYPE)
+    return Response(runtime.page.body(), status=200, content_type=CONTENT_TYPE)

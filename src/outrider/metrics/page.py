@@ -1,0 +1,40 @@
+"""The body `GET /metrics` answers: the fresh engine page (rewritten) followed by outrider's own metrics.
+
+Rendering outrider's own registry costs about 0.3 ms, several times the rest of a request, so the composed body
+is reused for up to `REFRESH` seconds, and rebuilt at once when a new engine page arrives or the page it holds
+reaches `--metrics-max-age` (a cached body never serves an engine page past its expiry). The time-dependent
+gauges (page age, page served) are therefore at most `REFRESH` old, far below any scrape interval.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from outrider.metrics.own import OwnMetrics
+from outrider.metrics.scraper import Scraper, Snapshot
+
+REFRESH = 0.1
+
+
+class ServedPage:
+    def __init__(self, scraper: Scraper, own: OwnMetrics, refresh: float = REFRESH) -> None:
+        self._scraper = scraper
+        self._own = own
+        self._refresh = refresh
+        self._body = b""
+        self._valid_until = -float("inf")
+        self._snapshot: Snapshot | None = None
+
+    def body(self) -> bytes:
+        now = trio.current_time()
+        snapshot = self._scraper.snapshot
+        if snapshot is not self._snapshot or now >= self._valid_until:
+            self._scraper.update_gauges()
+            page = self._scraper.fresh_page()
+            own = self._own.render()
+            self._body = own if page is None else page + own
+            self._valid_until = now + self._refresh
+            if page is not None and snapshot is not None:
+                self._valid_until = min(self._valid_until, snapshot.fetched_at + self._scraper.max_age)
+            self._snapshot = snapshot
+        return self._body
