@@ -13,6 +13,22 @@ from outrider.metrics.standardize import Rewriter
 
 ALL_PROFILES = ("outrider", "kthena", "aibrix")
 
+# vLLM V1 today; 0.10 differs only in its inter-token latency spelling.
+VLLM_V1 = {
+    "num_requests_running": "vllm:num_requests_running",
+    "num_requests_waiting": "vllm:num_requests_waiting",
+    "kv_cache_usage_perc": "vllm:kv_cache_usage_perc",
+    "prompt_tokens_total": "vllm:prompt_tokens_total",
+    "generation_tokens_total": "vllm:generation_tokens_total",
+    "request_success_total": "vllm:request_success_total",
+    "num_preemptions_total": "vllm:num_preemptions_total",
+    "prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
+    "prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
+    "time_to_first_token_seconds": "vllm:time_to_first_token_seconds",
+    "inter_token_latency_seconds": "vllm:inter_token_latency_seconds",
+    "e2e_request_latency_seconds": "vllm:e2e_request_latency_seconds",
+}
+
 # Which unified concepts each real page can feed, and from which engine family. Pinned per version so that a
 # mapping lost in a refactor fails here rather than on a dashboard.
 EXPECTED: dict[str, dict[str, str]] = {
@@ -25,34 +41,8 @@ EXPECTED: dict[str, dict[str, str]] = {
         "request_success_total": "vllm:request_success_total",
         "num_preemptions_total": "vllm:num_preemptions_total",
     },
-    "vllm-0.10.x.prom": {
-        "num_requests_running": "vllm:num_requests_running",
-        "num_requests_waiting": "vllm:num_requests_waiting",
-        "kv_cache_usage_perc": "vllm:kv_cache_usage_perc",
-        "prompt_tokens_total": "vllm:prompt_tokens_total",
-        "generation_tokens_total": "vllm:generation_tokens_total",
-        "request_success_total": "vllm:request_success_total",
-        "num_preemptions_total": "vllm:num_preemptions_total",
-        "prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
-        "prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
-        "time_to_first_token_seconds": "vllm:time_to_first_token_seconds",
-        "inter_token_latency_seconds": "vllm:time_per_output_token_seconds",
-        "e2e_request_latency_seconds": "vllm:e2e_request_latency_seconds",
-    },
-    "vllm-0.32.0-cpu.prom": {
-        "num_requests_running": "vllm:num_requests_running",
-        "num_requests_waiting": "vllm:num_requests_waiting",
-        "kv_cache_usage_perc": "vllm:kv_cache_usage_perc",
-        "prompt_tokens_total": "vllm:prompt_tokens_total",
-        "generation_tokens_total": "vllm:generation_tokens_total",
-        "request_success_total": "vllm:request_success_total",
-        "num_preemptions_total": "vllm:num_preemptions_total",
-        "prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
-        "prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
-        "time_to_first_token_seconds": "vllm:time_to_first_token_seconds",
-        "inter_token_latency_seconds": "vllm:inter_token_latency_seconds",
-        "e2e_request_latency_seconds": "vllm:e2e_request_latency_seconds",
-    },
+    "vllm-0.10.x.prom": {**VLLM_V1, "inter_token_latency_seconds": "vllm:time_per_output_token_seconds"},
+    "vllm-0.32.0-cpu.prom": VLLM_V1,
     "sglang-0.4.x.prom": {
         "num_requests_running": "sglang:num_running_reqs",
         "num_requests_waiting": "sglang:num_queue_reqs",
