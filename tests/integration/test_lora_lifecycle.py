@@ -199,6 +199,11 @@ async def test_adapters_file_is_followed_as_it_changes(
     # The file owns its names.
     assert (await o.client.delete("/v1/adapters/a")).status_code == 409
     assert (await o.client.put("/v1/adapters/a", json={"source": "pvc://b"})).status_code == 409
+    # Asking for exactly what the file declares is not a conflict, and does not take the name from the file.
+    assert (
+        await o.client.post("/v1/lora_adapter/load", json={"lora_name": "a", "lora_path": "pvc://a"})
+    ).status_code == 200
+    assert (await o.client.get("/v1/adapters/a")).json()["origin"] == "file"
 
     listing.write_text(json.dumps([{"name": "b", "source": str(root / "b")}]))  # JSON is fine too
     await wait_until(lambda: loaded("b"), within=5, what="a unloaded and b loaded after the edit")

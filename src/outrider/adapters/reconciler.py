@@ -114,7 +114,8 @@ class Reconciler:
         target = confine(self.adapter_root, dest, "output_dir") if dest else self.adapter_root / name
         rec = self._adapters.get(name)
         now = time.time()
-        if rec is not None and rec.desired and rec.origin == Origin.FILE and origin == Origin.API:
+        same = rec is not None and rec.desired and (rec.source, rec.config, rec.dest) == (source, config, target)
+        if rec is not None and rec.desired and rec.origin == Origin.FILE and origin == Origin.API and not same:
             raise Conflict(f"adapter {name!r} is declared by the adapters file; change it there", field="name")
         if rec is None:
             rec = Adapter(name, source, config, target, origin, created_at=now, updated_at=now)
@@ -123,8 +124,8 @@ class Reconciler:
             ticket = self._ticket(rec, created=True)
             self._changed_now(wake=True)
             return ticket
-        same = rec.desired and (rec.source, rec.config, rec.dest) == (source, config, target)
-        rec.origin = origin
+        if origin == Origin.FILE or rec.origin != Origin.FILE or not rec.desired:
+            rec.origin = origin  # the file takes names over; the API never takes one from the file
         if same:
             if rec.state == State.FAILED:
                 rec.retry_at = 0.0  # asked again: do not make the caller wait out the backoff
