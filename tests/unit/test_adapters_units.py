@@ -126,3 +126,20 @@ async def test_shared_fetches_share_results_and_errors() -> None:
         inner.release.set()
     assert results == ["gone", "gone"]
     assert inner.calls == 2
+
+
+def test_adapter_settings_from_flags_and_env() -> None:
+    from outrider.cli import build_parser, serve_settings
+    from outrider.settings import SettingsError
+
+    args = build_parser().parse_args(["serve", "-E", "vllm", "--adapters-file", "/etc/outrider/adapters.yaml"])
+    env = {"OUTRIDER_ADAPTER_ROOT": "/mnt/adapters/", "OUTRIDER_ADAPTER_SYNC_INTERVAL": "2.5"}
+    settings = serve_settings(args, env)
+    assert settings.adapters_file == "/etc/outrider/adapters.yaml"
+    assert settings.adapter_root == "/mnt/adapters"
+    assert settings.adapter_sync_interval == 2.5
+    defaults = serve_settings(build_parser().parse_args(["serve", "-E", "sglang"]), {})
+    assert (defaults.adapters_file, defaults.adapter_root, defaults.adapter_sync_interval) == (None, "/adapters", 5.0)
+    for bad in ({"OUTRIDER_ADAPTER_ROOT": "relative/dir"}, {"OUTRIDER_ADAPTER_SYNC_INTERVAL": "0"}):
+        with pytest.raises(SettingsError):
+            serve_settings(build_parser().parse_args(["serve", "-E", "vllm"]), bad)
