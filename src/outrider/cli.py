@@ -95,6 +95,24 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         ("OUTRIDER_SHUTDOWN_GRACE",),
         "seconds in-flight requests get at shutdown (default 1)",
     ),
+    Option(
+        "adapters_file",
+        ("--adapters-file",),
+        ("OUTRIDER_ADAPTERS_FILE",),
+        "YAML or JSON list of {name, source} LoRA adapters to keep loaded; re-read when it changes",
+    ),
+    Option(
+        "adapter_sync_interval",
+        ("--adapter-sync-interval",),
+        ("OUTRIDER_ADAPTER_SYNC_INTERVAL",),
+        "seconds between checks of the engine's adapters against the declared set (default 5)",
+    ),
+    Option(
+        "adapter_root",
+        ("--adapter-root",),
+        ("OUTRIDER_ADAPTER_ROOT",),
+        "shared volume for adapters, mounted at the same path in the engine (default /adapters)",
+    ),
 )
 
 

@@ -87,3 +87,20 @@ class SourceTransientError(SourceError):
 
     status = 503
     type = "source_unavailable"
+
+
+class EngineRefused(OutriderError):
+    """The engine answered a LoRA admin call with an error; the status and message are the engine's own.
+
+    `reason` is what outrider needs to decide what to do next: `already_loaded` (the name is taken),
+    `unknown_adapter` (unload of a name the engine does not have), `lora_disabled` (the engine has no runtime
+    LoRA API), or `rejected` (anything else: bad path, rank too large, ...).
+    """
+
+    type = "engine_refused"
+
+    def __init__(self, message: str, *, status: int, reason: str) -> None:
+        super().__init__(message)
+        # An engine 5xx is the engine's fault, not the caller's: relay it as a bad gateway.
+        self.status = status if 400 <= status < 500 else 502
+        self.reason = reason

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from outrider.adapters.file import AdaptersFileWatcher
+from outrider.adapters.reconciler import Reconciler
 from outrider.metrics.own import OwnMetrics
 from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
@@ -17,3 +19,5 @@ class Runtime:
     scraper: Scraper
     page: ServedPage
     model: str | None = None  # the engine's served model name, from --model or asked of the engine
+    adapters: Reconciler | None = None  # the declared LoRA set and the loop that keeps the engine on it
+    adapters_file: AdaptersFileWatcher | None = None

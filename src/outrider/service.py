@@ -11,14 +11,18 @@ import functools
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import httpx
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from outrider.adapters.fetch import RemoteDownload, SharedFetches, VolumeFetcher
+from outrider.adapters.file import AdaptersFileWatcher
+from outrider.adapters.reconciler import Reconciler
 from outrider.engines import get_engine_spec
-from outrider.engines.client import auth_headers, served_base_model
+from outrider.engines.client import EngineClient, auth_headers, served_base_model
 from outrider.http.app import create_app
 from outrider.metrics.concepts import profile_targets
 from outrider.metrics.own import OwnMetrics
@@ -31,7 +35,9 @@ from outrider.settings import Settings
 log = logging.getLogger("outrider")
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings, remote_download: RemoteDownload | None = None) -> Runtime:
+    """The live objects. `remote_download` fetches adapters that are not on the shared volume (the transfer
+    engine's download function); without it only volume sources can be declared."""
     spec = get_engine_spec(settings.engine)
     metrics = OwnMetrics(settings.engine)
     rewriter = Rewriter(spec.metric_sources, profile_targets(settings.metrics_profiles, settings.metrics_prefix))
@@ -44,8 +50,26 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics=metrics,
         headers=auth_headers(settings.engine_api_key),
     )
+    root = Path(settings.adapter_root)
+    reconciler = Reconciler(
+        EngineClient(settings.engine_base_url, settings.engine_api_key),
+        spec.lora,
+        SharedFetches(VolumeFetcher(root, remote_download)),
+        adapter_root=root,
+        interval=settings.adapter_sync_interval,
+        metrics=metrics,
+    )
+    watcher = None
+    if settings.adapters_file:
+        watcher = AdaptersFileWatcher(Path(settings.adapters_file), reconciler, settings.adapter_sync_interval)
     return Runtime(
-        settings=settings, metrics=metrics, scraper=scraper, page=ServedPage(scraper, metrics), model=settings.model
+        settings=settings,
+        metrics=metrics,
+        scraper=scraper,
+        page=ServedPage(scraper, metrics),
+        model=settings.model,
+        adapters=reconciler,
+        adapters_file=watcher,
     )
 
 
@@ -72,6 +96,11 @@ async def serve(
     app = create_app(runtime)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.scraper.run)
+        if runtime.adapters is not None:
+            nursery.start_soon(_close_engine_client_at_exit, runtime.adapters.engine)
+            await nursery.start(runtime.adapters.run)
+        if runtime.adapters_file is not None:
+            await nursery.start(runtime.adapters_file.run)
         if runtime.model is None:
             nursery.start_soon(_discover_model, runtime)
         binds: list[str] = await nursery.start(
@@ -99,6 +128,14 @@ async def _serve_http(
         await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
     finally:
         scope.cancel()  # the server is done: stop every other loop too
+
+
+async def _close_engine_client_at_exit(engine: EngineClient) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await engine.aclose()
 
 
 async def _discover_model(runtime: Runtime) -> None:

@@ -41,6 +41,11 @@ class Settings:
     metrics_prefix: str = "outrider"
     log_level: str = "info"
     shutdown_grace: float = 1.0
+    # LoRA adapters: the declared set in a file (optional), how often the engine is checked against it, and the
+    # shared volume adapters live on (the engine mounts it at the same path and is handed paths under it).
+    adapters_file: str | None = None
+    adapter_sync_interval: float = 5.0
+    adapter_root: str = "/adapters"
 
     @property
     def engine_metrics_url(self) -> str:
@@ -72,6 +77,13 @@ def parse_path(raw: str, setting: str) -> str:
     if not path.startswith("/") or any(c in path for c in "?# "):
         raise SettingsError(f"{setting}: expected an absolute URL path like /metrics, got {raw!r}")
     return path
+
+
+def parse_dir(raw: str, setting: str) -> str:
+    path = raw.strip()
+    if not path.startswith("/"):
+        raise SettingsError(f"{setting}: expected an absolute directory path, got {raw!r}")
+    return path.rstrip("/") or "/"
 
 
 def parse_seconds(raw: str, setting: str, *, minimum: float = 0.0) -> float:
@@ -141,4 +153,7 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
         metrics_prefix=prefix,
         log_level=log_level,
         shutdown_grace=parse_seconds(get("shutdown_grace", "1"), "--shutdown-grace"),
+        adapters_file=raw.get("adapters_file") or None,
+        adapter_sync_interval=parse_seconds(get("adapter_sync_interval", "5"), "--adapter-sync-interval"),
+        adapter_root=parse_dir(get("adapter_root", "/adapters"), "--adapter-root"),
     )

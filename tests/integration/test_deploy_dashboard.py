@@ -35,7 +35,6 @@ ENGINE_PAGES = {"vllm": "vllm-0.32.0-cpu.prom", "sglang": "sglang-0.5.23.prom"}
 PENDING_NAMES = {
     "outrider_download_bytes_total": "downloads: bytes written",
     "outrider_downloads_active": "downloads: jobs in progress",
-    "outrider_adapters": "adapters: count by {state}",
 }
 
 # Unified names an engine version does not feed, so the panel is empty for it (checked below to still be true).

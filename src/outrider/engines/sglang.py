@@ -1,6 +1,56 @@
-"""SGLang 0.4 and 0.5."""
+"""SGLang 0.4 and 0.5.
 
-from outrider.engines.base import EngineSpec
+Runtime LoRA API (0.5.23 source): `POST /load_lora_adapter {"lora_name", "lora_path", "pinned"}` and
+`POST /unload_lora_adapter {"lora_name"}`, with no `/v1` prefix. Every answer is JSON
+`{"success", "error_message", "loaded_adapters": {name: path}}`: 200 on success, 400 on any failure. The failure
+kind is read from `loaded_adapters` (a refused load of a name already listed = taken; a refused unload of a name
+not listed = unknown), not from the wording of `error_message`, which changes between versions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from outrider.engines.base import EngineSpec, LoraApi
+from outrider.engines.client import EngineClient
+from outrider.errors import EngineRefused
+
+
+def _answer(response: httpx.Response) -> tuple[bool, str, dict[str, Any]]:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return False, response.text.strip() or f"HTTP {response.status_code}", {}
+    loaded = body.get("loaded_adapters")
+    message = body.get("error_message") or body.get("detail") or f"HTTP {response.status_code}"
+    return bool(body.get("success")), str(message), loaded if isinstance(loaded, dict) else {}
+
+
+class SglangLora(LoraApi):
+    async def load(self, engine: EngineClient, name: str, path: str) -> None:
+        response = await engine.request(
+            "POST", "/load_lora_adapter", json={"lora_name": name, "lora_path": path, "pinned": False}
+        )
+        success, message, loaded = _answer(response)
+        if response.status_code == 200 and success:
+            return
+        reason = "already_loaded" if name in loaded else "rejected"
+        raise EngineRefused(message, status=response.status_code, reason=reason)
+
+    async def unload(self, engine: EngineClient, name: str) -> None:
+        response = await engine.request("POST", "/unload_lora_adapter", json={"lora_name": name})
+        success, message, loaded = _answer(response)
+        if response.status_code == 200 and success:
+            return
+        if response.status_code == 400 and name not in loaded:
+            # SGLang says 400 for everything; an unknown name is "not found" to our callers, as on vLLM.
+            raise EngineRefused(message, status=404, reason="unknown_adapter")
+        raise EngineRefused(message, status=response.status_code, reason="rejected")
+
 
 SGLANG = EngineSpec(
     name="sglang",
@@ -30,4 +80,5 @@ SGLANG = EngineSpec(
         "cache_hit_rate": ("sglang:cache_hit_rate",),
         "token_usage": ("sglang:token_usage",),
     },
+    lora=SglangLora(),
 )

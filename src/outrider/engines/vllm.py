@@ -1,6 +1,62 @@
-"""vLLM: every metric generation a user may run (V0 about 0.7, V1 0.9-0.10 with both spellings, V1 today)."""
+"""vLLM: every metric generation a user may run (V0 about 0.7, V1 0.9-0.10 with both spellings, V1 today).
 
-from outrider.engines.base import EngineSpec
+Runtime LoRA API (seen live on 0.32.0): `POST /v1/load_lora_adapter {"lora_name", "lora_path"}` answers 200 with
+plain text; a taken name is 400 JSON `{"error": {"message": "... has already been loaded ...", "type":
+"InvalidUserInput"}}`; a path without an adapter is 404 JSON `NotFoundError`. `POST /v1/unload_lora_adapter
+{"lora_name"}` answers 200 text, or 404 JSON `The lora adapter 'a' cannot be found.` Without
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=true` the routes do not exist: FastAPI's 404 `{"detail": "Not Found"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from outrider.engines.base import EngineSpec, LoraApi
+from outrider.engines.client import EngineClient
+from outrider.errors import EngineRefused
+
+_DISABLED = (
+    "the engine at {url} has no runtime LoRA API (start vLLM with --enable-lora and "
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true)"
+)
+
+
+def _error_message(response: httpx.Response) -> tuple[str, bool]:
+    """The engine's own message, and whether the body is FastAPI's bare route-not-found answer."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.text.strip() or f"HTTP {response.status_code}", False
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message") or f"HTTP {response.status_code}"), False
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"]), body["detail"] == "Not Found"
+    return response.text.strip() or f"HTTP {response.status_code}", False
+
+
+class VllmLora(LoraApi):
+    async def load(self, engine: EngineClient, name: str, path: str) -> None:
+        response = await engine.request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        if response.status_code == 200:
+            return
+        message, route_missing = _error_message(response)
+        if route_missing:
+            raise EngineRefused(_DISABLED.format(url=engine.base_url), status=502, reason="lora_disabled")
+        reason = "already_loaded" if "already been loaded" in message else "rejected"
+        raise EngineRefused(message, status=response.status_code, reason=reason)
+
+    async def unload(self, engine: EngineClient, name: str) -> None:
+        response = await engine.request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+        if response.status_code == 200:
+            return
+        message, route_missing = _error_message(response)
+        if route_missing:
+            raise EngineRefused(_DISABLED.format(url=engine.base_url), status=502, reason="lora_disabled")
+        reason = "unknown_adapter" if response.status_code == 404 else "rejected"
+        raise EngineRefused(message, status=response.status_code, reason=reason)
+
 
 VLLM = EngineSpec(
     name="vllm",
@@ -27,4 +83,5 @@ VLLM = EngineSpec(
         ),
         "e2e_request_latency_seconds": ("vllm:e2e_request_latency_seconds",),
     },
+    lora=VllmLora(),
 )

@@ -12,6 +12,8 @@ from outrider import __version__
 
 # Scrape failure reasons: a small closed set, so the label cannot grow without bound.
 FAILURE_REASONS = ("timeout", "connect", "http_status", "protocol", "invalid_page")
+# Adapter reconcile failure reasons, closed for the same reason.
+RECONCILE_ERROR_REASONS = ("engine_unavailable", "engine_refused", "fetch", "internal")
 
 
 class OwnMetrics:
@@ -42,6 +44,29 @@ class OwnMetrics:
             "1 when /metrics includes the engine page, 0 when it is missing or older than --metrics-max-age.",
             registry=r,
         )
+        self.adapters = Gauge(
+            "outrider_adapters", "Declared LoRA adapters by state.", ["state"], registry=r
+        )  # the states are set for all at start by the reconciler
+        self.adapter_load_seconds = Histogram(
+            "outrider_adapter_load_seconds",
+            "Time from starting an adapter's fetch to the engine confirming its load.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+        self.adapter_unload_seconds = Histogram(
+            "outrider_adapter_unload_seconds",
+            "Time the engine took to unload an adapter.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.adapter_reconcile_errors = Counter(
+            "outrider_adapter_reconcile_errors",
+            "Failures met while making the engine's adapters match the declared set, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in RECONCILE_ERROR_REASONS:
+            self.adapter_reconcile_errors.labels(reason)
         Info("outrider_build", "outrider build information.", registry=r).info(
             {"version": __version__, "engine": engine}
         )

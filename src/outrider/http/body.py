@@ -1,0 +1,61 @@
+"""Reading a JSON request body into a dict, with a 400 (never a 500) for anything else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import request
+
+from outrider.errors import InvalidRequest
+
+
+async def json_object(*, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object. An empty body is `{}` when `optional`, else a 400."""
+    raw = await request.get_data(as_text=False)
+    if not raw.strip():
+        if optional:
+            return {}
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def string_field(body: dict[str, Any], field: str, *, required: bool = True) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"Missing required parameter: {field}", field=field)
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string", field=field)
+    return value
+
+
+def bool_field(body: dict[str, Any], field: str, default: bool = False) -> bool:
+    value = body.get(field, default)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{field} must be a boolean", field=field)
+    return value
+
+
+def config_field(body: dict[str, Any], field: str = "config") -> dict[str, object] | None:
+    """A config given as a JSON object, or as a JSON string holding one (the Kthena runtime's form)."""
+    value = body.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequest(f"{field} is a string but not a JSON object", field=field) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object (or a JSON string holding one)", field=field)
+    return value

@@ -1,0 +1,66 @@
+"""Fixtures for the LoRA integration tests: a volume with adapters, stand-in engines, fast settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from outrider.settings import Settings
+from tests.fakes.lora_engine import FakeLoraEngine
+
+INTERVAL = 0.2
+
+
+def make_adapter(root: Path, name: str, valid: bool = True) -> Path:
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    if valid:
+        (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+        (path / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    volume = tmp_path / "volume"
+    for name in ("a", "b", "c", "d"):
+        make_adapter(volume, name)
+    make_adapter(volume, "broken", valid=False)
+    return volume
+
+
+@pytest.fixture(params=["vllm", "sglang"])
+async def engine(request: pytest.FixtureRequest, nursery: trio.Nursery) -> AsyncIterator[FakeLoraEngine]:
+    fake = FakeLoraEngine(request.param)
+    await fake.start(nursery)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+async def vllm(nursery: trio.Nursery) -> AsyncIterator[FakeLoraEngine]:
+    fake = FakeLoraEngine("vllm")
+    await fake.start(nursery)
+    yield fake
+    fake.stop()
+
+
+def lora_settings(engine: FakeLoraEngine, root: Path, **changes: object) -> Settings:
+    base = Settings(
+        engine=engine.flavor,
+        engine_base_url=engine.base_url,
+        host="127.0.0.1",
+        port=0,
+        pod="test-pod",
+        scrape_interval=0.5,
+        scrape_timeout=0.3,
+        metrics_max_age=1.5,
+        adapter_root=str(root),
+        adapter_sync_interval=INTERVAL,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
