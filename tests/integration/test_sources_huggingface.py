@@ -158,8 +158,11 @@ def test_refused_connection_is_transient() -> None:
     assert TOKEN not in info.value.message
 
 
-def test_a_request_named_endpoint_never_receives_the_pods_token(hub: HubServer) -> None:
+def test_a_request_named_endpoint_never_receives_the_pods_token(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Kthena's leak, end to end: the pod's HF_AUTH_TOKEN is configured for its own hub; a request names ours."""
+    monkeypatch.setenv("HF_TOKEN", SECRET_MARK)  # where huggingface_hub itself would look for a token
     pod = env_defaults({"HF_AUTH_TOKEN": SECRET_MARK, "HF_ENDPOINT": "https://hub.pod.internal"})
     options = resolve_options(parse_source("org/public-model"), {"hf_endpoint": hub.url}, pod)
     source = open_source("org/public-model", options, pvc_root=None, max_workers=1)
