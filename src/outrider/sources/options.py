@@ -1,0 +1,230 @@
+"""Credentials and endpoints for a source, and the precedence that picks them.
+
+Order of precedence, highest first:
+1. the request's `config` (Kthena keys: `access_key`, `secret_key`, `endpoint`, `hf_token`, `hf_endpoint`,
+   `hf_revision`; also `session_token` and `region`), given as a JSON object or a JSON string;
+2. the pod's env, Kthena spelling first (`ACCESS_KEY`, `SECRET_KEY`, `ENDPOINT`, `HF_AUTH_TOKEN`, `HF_ENDPOINT`,
+   `HF_REVISION`), then the AIBrix spelling (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+   `AWS_ENDPOINT_URL`, `AWS_REGION`, `TOS_ACCESS_KEY`, `TOS_SECRET_KEY`, `TOS_ENDPOINT`, `TOS_REGION`, `HF_TOKEN`).
+   A `tos://` source reads the `TOS_*` variables, the other stores the generic ones.
+
+The security rule (Kthena sent its own `HF_AUTH_TOKEN` to any `hf_endpoint` a caller chose): the pod's own
+credentials only ever go to the pod's own endpoint. A request that names a different endpoint must bring its own
+credentials; without them the source is read anonymously (never with the pod's keys, the default AWS credential
+chain, or a Hugging Face token cached on disk). `allow_request_endpoints=True` (the operator's
+`--allow-request-endpoints`) lifts the rule.
+
+Only `cli.py` reads `os.environ`; it hands the mapping to `env_defaults`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from outrider.errors import InvalidRequest
+from outrider.sources.uri import BucketRef, HubRef, SourceRef
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+DEFAULT_HF_REVISION = "main"
+
+# Keys a request's `config` may set. Unknown keys are ignored: Kthena and AIBrix clients send extra ones.
+_CONFIG_KEYS = (
+    "access_key",
+    "secret_key",
+    "session_token",
+    "endpoint",
+    "region",
+    "hf_token",
+    "hf_endpoint",
+    "hf_revision",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """Everything a store needs besides the source itself. Credentials never appear in the repr.
+
+    `ambient_credentials`: whether a store may fall back to credentials it finds on its own when none are given
+    here (boto3's default chain and IRSA, huggingface_hub's cached token). False when the request named a foreign
+    endpoint: then only what the request brought is sent.
+    """
+
+    access_key: str | None = dataclasses.field(default=None, repr=False)
+    secret_key: str | None = dataclasses.field(default=None, repr=False)
+    session_token: str | None = dataclasses.field(default=None, repr=False)
+    endpoint: str | None = None
+    region: str | None = None
+    tos_access_key: str | None = dataclasses.field(default=None, repr=False)
+    tos_secret_key: str | None = dataclasses.field(default=None, repr=False)
+    tos_endpoint: str | None = None
+    tos_region: str | None = None
+    hf_token: str | None = dataclasses.field(default=None, repr=False)
+    hf_endpoint: str | None = None
+    hf_revision: str | None = None
+    ambient_credentials: bool = True
+
+
+def _first(environ: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def normalize_endpoint(raw: str, what: str) -> str:
+    """`scheme://host[:port][/path]` with a lowercase scheme and host and no trailing '/'; https when none is given.
+
+    Raises ValueError naming `what` (and never echoing a URL that may carry credentials)."""
+    value = raw.strip()
+    if "://" not in value:
+        value = "https://" + value
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{what}: malformed endpoint URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what}: expected an endpoint like https://host[:port]")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{what}: credentials are not accepted inside an endpoint URL")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{what}: an endpoint must not carry a query or fragment")
+    host = parts.hostname.lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _same_endpoint(a: str | None, b: str | None) -> bool:
+    """Equal after normalization, counting a default port (80/443) as absent."""
+
+    def canonical(url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        default = {"http": 80, "https": 443}.get(parts.scheme)
+        host = parts.hostname or ""
+        port = parts.port if parts.port not in (None, default) else None
+        return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path.rstrip('/')}"
+
+    return canonical(a) == canonical(b)
+
+
+def env_defaults(environ: Mapping[str, str]) -> SourceOptions:
+    """The pod's own options from its env (Kthena spelling first, then AIBrix's). Pure: pass `os.environ`.
+
+    Raises ValueError naming the variable when an endpoint is malformed."""
+
+    def endpoint(*names: str) -> str | None:
+        for name in names:
+            value = _first(environ, name)
+            if value is not None:
+                return normalize_endpoint(value, name)
+        return None
+
+    return SourceOptions(
+        access_key=_first(environ, "ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+        secret_key=_first(environ, "SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
+        session_token=_first(environ, "AWS_SESSION_TOKEN"),
+        endpoint=endpoint("ENDPOINT", "AWS_ENDPOINT_URL"),
+        region=_first(environ, "AWS_REGION", "AWS_DEFAULT_REGION"),
+        tos_access_key=_first(environ, "TOS_ACCESS_KEY"),
+        tos_secret_key=_first(environ, "TOS_SECRET_KEY"),
+        tos_endpoint=endpoint("TOS_ENDPOINT"),
+        tos_region=_first(environ, "TOS_REGION"),
+        hf_token=_first(environ, "HF_AUTH_TOKEN", "HF_TOKEN"),
+        hf_endpoint=endpoint("HF_ENDPOINT"),
+        hf_revision=_first(environ, "HF_REVISION"),
+    )
+
+
+def parse_config(config: object) -> dict[str, str]:
+    """A request's `config`: None, a JSON object, or a JSON string holding one. Only the known keys are kept.
+
+    Raises InvalidRequest with `field="config"`; messages never echo a value."""
+    if config is None or config == "":
+        return {}
+    data: Any = config
+    if isinstance(config, str | bytes):
+        try:
+            data = json.loads(config)
+        except ValueError:
+            raise InvalidRequest("config must be a JSON object or a string holding one", field="config") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidRequest("config must be a JSON object or a string holding one", field="config")
+    result: dict[str, str] = {}
+    for key in _CONFIG_KEYS:
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidRequest(f"config.{key} must be a string", field="config")
+        if value.strip():
+            result[key] = value.strip()
+    for key in ("endpoint", "hf_endpoint"):
+        if key in result:
+            try:
+                result[key] = normalize_endpoint(result[key], f"config.{key}")
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), field="config") from None
+    if ("access_key" in result) != ("secret_key" in result):
+        raise InvalidRequest("config.access_key and config.secret_key must be given together", field="config")
+    return result
+
+
+def resolve_options(
+    ref: SourceRef, config: object, env: SourceOptions, *, allow_request_endpoints: bool = False
+) -> SourceOptions:
+    """The options one download uses: the request's `config` over the pod's `env`, under the security rule.
+
+    The result is specialized for `ref`'s store: a `tos://` source finds the TOS keys in the generic fields
+    (`access_key`, `secret_key`, `endpoint`, `region`), so a store module only reads those and the `hf_*` ones."""
+    request = parse_config(config)
+    pod_keys: tuple[str | None, str | None, str | None]
+    keys: tuple[str | None, str | None, str | None]
+    if isinstance(ref, BucketRef) and ref.scheme == "tos":
+        pod_keys = (env.tos_access_key, env.tos_secret_key, None)
+        pod_endpoint, pod_region = env.tos_endpoint, env.tos_region
+    else:
+        pod_keys = (env.access_key, env.secret_key, env.session_token)
+        pod_endpoint, pod_region = env.endpoint, env.region
+
+    if isinstance(ref, HubRef):
+        hf_endpoint = request.get("hf_endpoint", env.hf_endpoint)
+        pod_hf = env.hf_endpoint or DEFAULT_HF_ENDPOINT
+        hf_foreign = "hf_endpoint" in request and not _same_endpoint(hf_endpoint, pod_hf)
+        trust_pod = allow_request_endpoints or not hf_foreign
+        hf_token = request.get("hf_token") or (env.hf_token if trust_pod else None)
+        return SourceOptions(
+            hf_token=hf_token,
+            hf_endpoint=hf_endpoint,
+            hf_revision=request.get("hf_revision", env.hf_revision),
+            ambient_credentials=trust_pod,
+        )
+
+    endpoint = request.get("endpoint", pod_endpoint)
+    foreign = "endpoint" in request and not _same_endpoint(endpoint, pod_endpoint)
+    trust_pod = allow_request_endpoints or not foreign
+    if "access_key" in request:
+        # Credentials travel as a unit: never a request key with the pod's secret.
+        keys = (request["access_key"], request["secret_key"], request.get("session_token"))
+    elif trust_pod:
+        keys = pod_keys
+    else:
+        keys = (None, None, None)
+    return SourceOptions(
+        access_key=keys[0],
+        secret_key=keys[1],
+        session_token=keys[2],
+        endpoint=endpoint,
+        region=request.get("region", pod_region),
+        ambient_credentials=trust_pod,
+    )

@@ -1,0 +1,169 @@
+"""`s3://bucket/prefix` through boto3: AWS S3 and S3-compatible stores (MinIO, Ceph, OBS and TOS gateways).
+
+One boto3 client per source, shared by every worker thread (boto3 clients are thread-safe), with a connection pool
+sized for the workers. boto3's own retries are off: the transfer engine retries per chunk with its own backoff, and
+two retry layers would multiply the wait.
+
+Addressing: path-style whenever an endpoint is given (S3-compatible stores and `localhost` rarely resolve
+`bucket.host`), AWS's default otherwise. Credentials: the given keys, else boto3's default chain (env, IRSA web
+identity, instance profile) when the options allow ambient credentials, else unsigned requests.
+
+Checksums: a single-part upload's ETag is the MD5 of the object (32 hex digits, no '-'); a multipart ETag is not,
+and neither is the ETag of an SSE-KMS/SSE-C object, which this module cannot tell apart from a plain one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import boto3
+import botocore.exceptions
+from botocore import UNSIGNED
+from botocore.config import Config
+
+from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
+from outrider.sources._common import (
+    CONNECT_TIMEOUT,
+    POOL_HEADROOM,
+    READ_TIMEOUT,
+    TRANSIENT_STATUSES,
+    check_range,
+    key_for,
+    list_prefix,
+    relative_key,
+    repieced,
+    scrub,
+    secrets_of,
+)
+from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
+from outrider.sources.options import SourceOptions
+from outrider.sources.uri import BucketRef
+
+DEFAULT_REGION = "us-east-1"
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404"})
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "403",
+        "401",
+    }
+)
+_THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable", "InternalError"}
+)
+_TRANSPORT_ERRORS = (
+    botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError...
+    botocore.exceptions.HTTPClientError,  # ReadTimeoutError and other urllib3 failures
+    botocore.exceptions.ResponseStreamingError,  # the body broke while streaming
+    botocore.exceptions.IncompleteReadError,
+)
+
+
+def md5_from_etag(etag: str | None) -> Checksum | None:
+    """The MD5 a single-part ETag carries, else None (multipart ETags end in '-N')."""
+    if not etag:
+        return None
+    value = etag.strip('"').lower()
+    return Checksum("md5", value) if _MD5_ETAG.match(value) else None
+
+
+def raise_for_botocore(exc: Exception, display: str, secrets: tuple[str, ...], what: str) -> NoReturn:
+    """Map a boto3 failure to the source error tree, keeping the store's own words and dropping credentials."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error: dict[str, Any] = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        detail = scrub(f"{code or status}: {error.get('Message') or 'no message'}", secrets)
+        message = f"{display}: {what}: {detail}"
+        if code in _DENIED_CODES or status in (401, 403):
+            raise SourceAccessDenied(message) from None
+        if code in _NOT_FOUND_CODES or status == 404:
+            raise SourceNotFound(message) from None
+        if status >= 500 or status in TRANSIENT_STATUSES or code in _THROTTLE_CODES:
+            raise SourceTransientError(message) from None
+        raise SourceError(message) from None
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        raise SourceAccessDenied(f"{display}: {what}: no credentials were given and none were found") from None
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        raise SourceTransientError(f"{display}: {what}: {scrub(str(exc), secrets)}") from None
+    raise SourceError(f"{display}: {what}: {type(exc).__name__}: {scrub(str(exc), secrets)}") from None
+
+
+class S3Source(Source):
+    """A bucket prefix on S3 or an S3-compatible store."""
+
+    def __init__(self, ref: BucketRef, options: SourceOptions, *, max_workers: int) -> None:
+        self.display = ref.display
+        self._bucket = ref.bucket
+        self._prefix = ref.prefix
+        self._secrets = secrets_of(options)
+        anonymous = not options.access_key and not options.ambient_credentials
+        config = Config(
+            s3={"addressing_style": "path" if options.endpoint else "auto"},
+            max_pool_connections=max(1, max_workers) + POOL_HEADROOM,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            signature_version=UNSIGNED if anonymous else None,
+            user_agent_extra="outrider",
+        )
+        # A session of its own, so no profile or env default leaks in through boto3's global session.
+        session = boto3.session.Session()
+        self._client = session.client(
+            "s3",
+            endpoint_url=options.endpoint,
+            region_name=options.region or DEFAULT_REGION,
+            aws_access_key_id=options.access_key,
+            aws_secret_access_key=options.secret_key,
+            aws_session_token=options.session_token if options.access_key else None,
+            config=config,
+        )
+
+    def list_files(self) -> list[RemoteFile]:
+        prefix = list_prefix(self._prefix)
+        files: list[RemoteFile] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    rel = relative_key(prefix, obj["Key"], self.display)
+                    if rel is None:
+                        continue
+                    etag = str(obj.get("ETag", "")).strip('"') or None
+                    files.append(RemoteFile(rel, int(obj["Size"]), md5_from_etag(etag), etag))
+        except Exception as exc:
+            raise_for_botocore(exc, self.display, self._secrets, "list")
+        if not files:
+            raise SourceNotFound(f"{self.display}: no objects under this prefix")
+        return files
+
+    def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
+        check_range(start, end)
+        if start == end:
+            return
+        key = key_for(self._prefix, path)
+        try:
+            response = self._client.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+        except Exception as exc:
+            raise_for_botocore(exc, self.display, self._secrets, f"read {path}")
+        body = response["Body"]
+        try:
+            yield from repieced(body.iter_chunks(PIECE_SIZE), end - start, self.display, path)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise_for_botocore(exc, self.display, self._secrets, f"read {path}")
+        finally:
+            body.close()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,210 @@
+"""The S3 source against moto's S3 server, with SigV4 authentication enforced."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Generator, Iterator
+
+import pytest
+
+from outrider.errors import SourceAccessDenied, SourceNotFound, SourceTransientError
+from outrider.sources import Source, SourceOptions, open_source
+from outrider.sources.base import PIECE_SIZE
+from tests.servers.faults import FaultServer
+from tests.servers.moto import MotoServer, free_port
+from tests.servers.tree import BIG, BIG_SIZE, md5_hex, model_tree
+
+BUCKET = "models"
+PREFIX = "llama/7b"
+TREE = model_tree()
+SECRET_MARK = "s3cr3t-never-shown"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    server.start()
+    try:
+        files = {f"{PREFIX}/{path}": data for path, data in TREE.items()}
+        # neighbours that must not leak into the listing: a sibling prefix, a folder marker, another tree
+        files.update({f"{PREFIX}-sibling/x.bin": b"x", f"{PREFIX}/folder-marker/": b"", "other/y.bin": b"y"})
+        server.seed(BUCKET, files)
+        server.enforce_auth(True)
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_source(
+    moto: MotoServer, source: str = f"s3://{BUCKET}/{PREFIX}", *, max_workers: int = 4, **changes: object
+) -> Source:
+    options = SourceOptions(access_key=moto.reader[0], secret_key=moto.reader[1], endpoint=moto.url, region="us-east-1")
+    options = dataclasses.replace(options, **changes)  # type: ignore[arg-type]
+    return open_source(source, options, pvc_root=None, max_workers=max_workers)
+
+
+def read_all(source: Source, path: str, start: int, end: int) -> bytes:
+    pieces = list(source.read_range(path, start, end))
+    assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
+    return b"".join(pieces)
+
+
+def test_lists_the_tree_with_sizes_md5_and_etag_versions(moto: MotoServer) -> None:
+    source = s3_source(moto)
+    files = {f.path: f for f in source.list_files()}
+    assert set(files) == set(TREE)
+    for path, data in TREE.items():
+        assert files[path].size == len(data)
+        checksum = files[path].checksum
+        assert checksum is not None
+        assert (checksum.algorithm, checksum.value) == ("md5", md5_hex(data))
+        assert files[path].version == md5_hex(data)
+    assert source.display == f"s3://{BUCKET}/{PREFIX}"
+    assert source.revision is None
+
+
+def test_lists_a_whole_bucket(moto: MotoServer) -> None:
+    paths = {f.path for f in s3_source(moto, f"s3://{BUCKET}").list_files()}
+    assert f"{PREFIX}/{BIG}" in paths and "other/y.bin" in paths
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (0, 1),  # first byte
+        (BIG_SIZE // 2, BIG_SIZE // 2 + 4096),  # middle
+        (BIG_SIZE - 1, BIG_SIZE),  # last byte
+        (PIECE_SIZE - 7, PIECE_SIZE + 7),  # across a piece boundary
+        (0, BIG_SIZE),  # whole file, several pieces
+    ],
+)
+def test_reads_ranges_byte_exact(moto: MotoServer, start: int, end: int) -> None:
+    assert read_all(s3_source(moto), BIG, start, end) == TREE[BIG][start:end]
+
+
+def test_reads_small_nested_and_empty_ranges(moto: MotoServer) -> None:
+    source = s3_source(moto)
+    data = TREE["tokenizer/merges/merges.txt"]
+    assert read_all(source, "tokenizer/merges/merges.txt", 0, len(data)) == data
+    assert read_all(source, "notes/empty.txt", 0, 0) == b""
+
+
+def test_parallel_reads_share_one_client(moto: MotoServer) -> None:
+    source = s3_source(moto)
+    spans = [(i * 700_000, min(BIG_SIZE, (i + 1) * 700_000)) for i in range(5)]
+    results: dict[int, bytes] = {}
+
+    def worker(i: int) -> None:
+        results[i] = read_all(source, BIG, *spans[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(spans))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert b"".join(results[i] for i in range(len(spans))) == TREE[BIG][: spans[-1][1]]
+
+
+def test_stopping_a_read_early_releases_the_connection(moto: MotoServer) -> None:
+    source = s3_source(moto, max_workers=1)
+    for _ in range(8):  # more than the pool holds: a leaked connection per early stop would show
+        reader = source.read_range(BIG, 0, BIG_SIZE)
+        assert isinstance(reader, Generator)  # so the caller can close it when it stops early
+        assert len(next(reader)) == PIECE_SIZE
+        reader.close()
+    assert read_all(source, BIG, 10, 20) == TREE[BIG][10:20]
+
+
+def test_wrong_secret_is_access_denied_without_the_secret(moto: MotoServer) -> None:
+    source = s3_source(moto, secret_key=SECRET_MARK)
+    with pytest.raises(SourceAccessDenied) as info:
+        source.list_files()
+    assert "SignatureDoesNotMatch" in info.value.message
+    with pytest.raises(SourceAccessDenied):
+        list(source.read_range(BIG, 0, 10))
+    assert SECRET_MARK not in info.value.message and SECRET_MARK not in repr(source)
+
+
+def test_unknown_access_key_is_access_denied(moto: MotoServer) -> None:
+    with pytest.raises(SourceAccessDenied) as info:
+        s3_source(moto, access_key="AKIANOSUCHKEY0000000").list_files()
+    assert "InvalidAccessKeyId" in info.value.message
+
+
+def test_missing_bucket_prefix_and_key_are_not_found(moto: MotoServer) -> None:
+    with pytest.raises(SourceNotFound, match="NoSuchBucket"):
+        s3_source(moto, "s3://no-such-bucket/x").list_files()
+    with pytest.raises(SourceNotFound, match="no objects"):
+        s3_source(moto, f"s3://{BUCKET}/no/such/prefix").list_files()
+    with pytest.raises(SourceNotFound, match="NoSuchKey"):
+        list(s3_source(moto).read_range("no-such-file.bin", 0, 10))
+
+
+def test_default_credential_chain_is_used_when_ambient_credentials_are_allowed(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto.reader[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto.reader[1])
+    source = s3_source(moto, access_key=None, secret_key=None, ambient_credentials=True)
+    assert {f.path for f in source.list_files()} == set(TREE)
+
+
+@pytest.mark.parametrize("ambient", [False, True])
+def test_without_ambient_credentials_requests_go_unsigned(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, ambient: bool
+) -> None:
+    """A request that named a foreign endpoint: boto3 must not pick up the pod's keys from env or IRSA."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPODKEY0000000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_MARK)
+    foreign = FaultServer(403)
+    foreign.start()
+    try:
+        source = s3_source(moto, endpoint=foreign.url, access_key=None, secret_key=None, ambient_credentials=ambient)
+        with pytest.raises(SourceAccessDenied):
+            source.list_files()
+        with pytest.raises(SourceAccessDenied):
+            list(source.read_range(BIG, 0, 1))
+    finally:
+        foreign.stop()
+    if ambient:  # the control: with ambient credentials allowed, the env keys do travel
+        assert all(a is not None and "AKIAPODKEY0000000000" in a for a in foreign.seen_auth)
+    else:
+        assert foreign.seen_auth == [None, None]
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_server_errors_are_transient(moto: MotoServer, status: int) -> None:
+    faults = FaultServer(status)
+    faults.start()
+    try:
+        source = s3_source(moto, endpoint=faults.url)
+        with pytest.raises(SourceTransientError, match=str(status) if status == 500 else "SlowDown"):
+            source.list_files()
+        with pytest.raises(SourceTransientError):
+            list(source.read_range(BIG, 0, 10))
+        assert faults.requests == 2  # one attempt each: retrying is the transfer engine's job
+    finally:
+        faults.stop()
+
+
+def test_refused_connection_is_transient(moto: MotoServer) -> None:
+    source = s3_source(moto, endpoint=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(SourceTransientError) as info:
+        source.list_files()
+    assert moto.reader[1] not in info.value.message
+
+
+def test_path_escape_in_a_read_is_refused(moto: MotoServer) -> None:
+    source = s3_source(moto)
+    for bad in ("../other/y.bin", "/abs", "a/./b", ""):
+        with pytest.raises(Exception, match="path"):
+            list(source.read_range(bad, 0, 1))
+
+
+def test_md5_digest_is_over_the_served_bytes(moto: MotoServer) -> None:
+    source = s3_source(moto)
+    digest = hashlib.md5(read_all(source, BIG, 0, BIG_SIZE)).hexdigest()
+    listed = {f.path: f for f in source.list_files()}[BIG].checksum
+    assert listed is not None and listed.value == digest
