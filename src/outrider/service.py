@@ -72,6 +72,13 @@ async def serve(
     app = create_app(runtime)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.scraper.run)
+        if settings.kv_events_endpoint is not None:
+            from outrider.kvevents import build_indexer  # imported only when enabled: zmq and redis load on demand
+
+            indexer = build_indexer(
+                settings, runtime.metrics.registry, lambda: runtime.model, auth_headers(settings.engine_api_key)
+            )
+            await nursery.start(indexer.run)
         if runtime.model is None:
             nursery.start_soon(_discover_model, runtime)
         binds: list[str] = await nursery.start(
