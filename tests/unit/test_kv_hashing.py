@@ -15,7 +15,7 @@ from outrider.kvevents.hashing import chunk_hash, prompt_chunk_hashes, redis_key
 
 def reference(tokens: list[int]) -> int:
     digest = hashlib.sha256(b"".join(struct.pack(">I", t) for t in tokens)).digest()
-    return struct.unpack(">Q", digest[:8])[0] & ~(1 << 63)
+    return int(struct.unpack(">Q", digest[:8])[0]) & ~(1 << 63)
 
 
 def test_pinned_vectors() -> None:

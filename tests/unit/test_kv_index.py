@@ -15,7 +15,7 @@ from outrider.kvevents.wire import AllBlocksCleared, BlockRemoved, BlockStored, 
 def router_hash(tokens: list[int]) -> int:
     """Independent of outrider.kvevents.hashing on purpose."""
     digest = hashlib.sha256(b"".join(struct.pack(">I", t) for t in tokens)).digest()
-    return struct.unpack(">Q", digest[:8])[0] & ~(1 << 63)
+    return int(struct.unpack(">Q", digest[:8])[0]) & ~(1 << 63)
 
 
 def router_chunks(tokens: list[int], c: int = 16) -> set[tuple[None, int]]:

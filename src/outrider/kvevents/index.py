@@ -28,7 +28,7 @@ from outrider.kvevents.hashing import chunk_hash
 from outrider.kvevents.wire import AllBlocksCleared, BlockHash, BlockRemoved, BlockStored, Event
 
 # An engine block, named as the engine names it: (medium, kv-cache group, engine block hash).
-BlockKey = tuple[str | None, int | None, BlockHash]
+BlockKey = tuple[str | None, int, BlockHash]
 # One advertised router key: (LoRA adapter name or None for the base model, chunk hash).
 AdKey = tuple[str | None, int]
 
@@ -127,7 +127,7 @@ class PodIndex:
 
     def _stored(self, event: BlockStored, ts: int, stats: ApplyStats) -> None:
         c = self.chunk_tokens
-        ns = (event.medium, event.group_idx)
+        ns = (event.medium, event.group_idx or 0)  # formats without groups have one: group 0
         n = len(event.block_hashes)
         tokens = event.token_ids
         if n == 0:
@@ -178,7 +178,7 @@ class PodIndex:
 
     def _removed(self, event: BlockRemoved, stats: ApplyStats) -> None:
         for engine_hash in event.block_hashes:
-            block = self._blocks.pop((event.medium, event.group_idx, engine_hash), None)
+            block = self._blocks.pop((event.medium, event.group_idx or 0, engine_hash), None)
             if block is None:
                 stats.unknown_removals += 1
                 continue
