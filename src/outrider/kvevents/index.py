@@ -9,7 +9,7 @@ parent's last chunk boundary (fewer than `chunk_tokens`), kept per block for exa
 unknown (stored before outrider started and not replayed, or removed already) cannot be placed; it and its
 descendants are skipped and counted, never guessed.
 
-The same chunk (16 identical tokens at the same place... or anywhere: the router's hash has no chaining) can be
+The same router key (16 identical tokens anywhere in any sequence: the router's hash has no chaining) can be
 produced by several engine blocks, so each advertised key carries a reference count and is deleted from Redis only
 when the last engine block producing it is removed. A block stored again (vLLM re-announces blocks reused from its
 prefix cache) refreshes its keys' timestamps and changes no count. Keys of blocks cached for a LoRA adapter are
