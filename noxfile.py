@@ -52,12 +52,14 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     ensure_apt(session, "promtool", "prometheus")
+    ensure_apt(session, "redis-server", "redis-server")
     session.install("-e", ".[test]")
     session.run("pytest", "tests/unit", "tests/integration", *session.posargs)
 
 
 @nox.session
 def e2e(session: nox.Session) -> None:
+    ensure_apt(session, "redis-server", "redis-server")
     python = vllm_python(session)
     session.install("-e", ".[test]")
     session.run("pytest", "tests/e2e", *session.posargs, env={"OUTRIDER_VLLM_PYTHON": python})

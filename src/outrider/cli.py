@@ -113,7 +113,45 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         ("OUTRIDER_ADAPTER_ROOT",),
         "shared volume for adapters, mounted at the same path in the engine (default /adapters)",
     ),
+    Option(
+        "kv_events_endpoint",
+        ("--kv-events-endpoint",),
+        ("OUTRIDER_KV_EVENTS_ENDPOINT",),
+        "engine's KV-event publisher, e.g. tcp://127.0.0.1:5557 (default off)",
+    ),
+    Option(
+        "kv_events_topic",
+        ("--kv-events-topic",),
+        ("OUTRIDER_KV_EVENTS_TOPIC",),
+        "topic to subscribe to (default: all)",
+    ),
+    Option(
+        "kv_events_replay_endpoint",
+        ("--kv-events-replay-endpoint",),
+        ("OUTRIDER_KV_EVENTS_REPLAY_ENDPOINT",),
+        "engine's replay endpoint (default: asked of vLLM's /kv_event_sources)",
+    ),
+    Option(
+        "kv_hash_block_size",
+        ("--kv-hash-block-size",),
+        ("OUTRIDER_KV_HASH_BLOCK_SIZE",),
+        "tokens per hashed chunk; must equal the router's blockSizeToHash (default 16)",
+    ),
+    Option(
+        "redis_url",
+        ("--redis-url",),
+        ("OUTRIDER_REDIS_URL",),
+        "Redis for the KV index, redis://[:password@]host:port/db (default: from REDIS_HOST, REDIS_PORT, "
+        "REDIS_DB, REDIS_PASSWORD)",
+    ),
 )
+# The Kthena runtime's Redis variables: environment only (no flags), read into the raw settings as they are.
+REDIS_ENV = {
+    "redis_host": "REDIS_HOST",
+    "redis_port": "REDIS_PORT",
+    "redis_db": "REDIS_DB",
+    "redis_password": "REDIS_PASSWORD",
+}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -147,6 +185,7 @@ def resolve(args: argparse.Namespace, options: Sequence[Option], environ: Mappin
 
 def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     raw = resolve(args, SERVE_OPTIONS, environ)
+    raw.update({dest: environ.get(name) or None for dest, name in REDIS_ENV.items()})
     if not raw["pod"]:
         raw["pod"] = socket.gethostname()
     return from_raw(raw)

@@ -101,6 +101,13 @@ async def serve(
             await nursery.start(runtime.adapters.run)
         if runtime.adapters_file is not None:
             await nursery.start(runtime.adapters_file.run)
+        if settings.kv_events_endpoint is not None:
+            from outrider.kvevents import build_indexer  # imported only when enabled: zmq and redis load on demand
+
+            indexer = build_indexer(
+                settings, runtime.metrics.registry, lambda: runtime.model, auth_headers(settings.engine_api_key)
+            )
+            await nursery.start(indexer.run)
         if runtime.model is None:
             nursery.start_soon(_discover_model, runtime)
         binds: list[str] = await nursery.start(

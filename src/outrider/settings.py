@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.parse
 from collections.abc import Mapping
 
 import httpx
@@ -46,6 +47,13 @@ class Settings:
     adapters_file: str | None = None
     adapter_sync_interval: float = 5.0
     adapter_root: str = "/adapters"
+    # KV-cache events -> Redis for the Kthena router (off unless kv_events_endpoint is set).
+    kv_events_endpoint: str | None = None
+    kv_events_topic: str = ""
+    kv_events_replay_endpoint: str | None = None
+    kv_hash_block_size: int = 16
+    # repr=False: the URL may carry the Redis password.
+    redis_url: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def engine_metrics_url(self) -> str:
@@ -118,6 +126,38 @@ def parse_profiles(raw: str) -> tuple[str, ...]:
     return names
 
 
+_ZMQ_ENDPOINT_RE = re.compile(r"^(tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}|ipc://.+)$")
+
+
+def parse_zmq_endpoint(raw: str, setting: str) -> str:
+    endpoint = raw.strip()
+    if not _ZMQ_ENDPOINT_RE.match(endpoint):
+        raise SettingsError(f"{setting}: expected a ZMQ endpoint like tcp://127.0.0.1:5557, got {raw!r}")
+    return endpoint
+
+
+def parse_redis_url(raw: Mapping[str, str | None]) -> str | None:
+    """--redis-url, else a URL built from the Kthena runtime's REDIS_HOST/PORT/DB/PASSWORD; None when neither."""
+    url = raw.get("redis_url")
+    if url:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            # The value is not echoed: it may hold a password.
+            raise SettingsError("--redis-url: expected a redis://, rediss:// or unix:// URL")
+        return url
+    host = raw.get("redis_host")
+    if not host:
+        return None
+    port = parse_port(raw.get("redis_port") or "6379", "REDIS_PORT")
+    db_raw = raw.get("redis_db") or "0"
+    if not db_raw.isdigit():
+        raise SettingsError(f"REDIS_DB: expected a database number, got {db_raw!r}")
+    password = raw.get("redis_password")
+    auth = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"redis://{auth}{host}:{port}/{int(db_raw)}"
+
+
 def from_raw(raw: Mapping[str, str | None]) -> Settings:
     """Build Settings from resolved raw strings (None = not given anywhere; the default applies)."""
 
@@ -134,6 +174,18 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
     log_level = get("log_level", "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    kv_endpoint = raw.get("kv_events_endpoint") or None
+    if kv_endpoint is not None:
+        kv_endpoint = parse_zmq_endpoint(kv_endpoint, "--kv-events-endpoint")
+    replay = raw.get("kv_events_replay_endpoint") or None
+    if replay is not None:
+        replay = parse_zmq_endpoint(replay, "--kv-events-replay-endpoint")
+    hash_size_raw = get("kv_hash_block_size", "16")
+    if not hash_size_raw.isdigit() or not 1 <= int(hash_size_raw) <= 1_000_000:
+        raise SettingsError(f"--kv-hash-block-size: expected a positive number of tokens, got {hash_size_raw!r}")
+    redis_url = parse_redis_url(raw)
+    if kv_endpoint is not None and redis_url is None:
+        raise SettingsError("--redis-url: required with --kv-events-endpoint (or set REDIS_HOST)")
     engine_raw = raw.get("engine")
     if not engine_raw:
         raise SettingsError("--engine: required (vllm or sglang); also read from INFERENCE_ENGINE")
@@ -156,4 +208,9 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
         adapters_file=raw.get("adapters_file") or None,
         adapter_sync_interval=parse_seconds(get("adapter_sync_interval", "5"), "--adapter-sync-interval"),
         adapter_root=parse_dir(get("adapter_root", "/adapters"), "--adapter-root"),
+        kv_events_endpoint=kv_endpoint,
+        kv_events_topic=get("kv_events_topic", ""),
+        kv_events_replay_endpoint=replay,
+        kv_hash_block_size=int(hash_size_raw),
+        redis_url=redis_url,
     )

@@ -1,0 +1,43 @@
+"""KV-cache events to Redis, in the layout the Kthena router's prefix-aware (kvcache-aware) scoring reads.
+
+wire.py decodes the engines' messages, hashing.py holds the router's chunk hash, index.py turns engine blocks into
+router keys, subscriber.py owns the ZMQ socket thread, redis_writer.py writes, indexer.py runs them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from outrider.kvevents.index import PodIndex
+from outrider.kvevents.indexer import KvIndexer
+from outrider.kvevents.metrics import KvMetrics
+from outrider.kvevents.redis_writer import RedisWriter
+from outrider.kvevents.subscriber import Subscriber
+from outrider.settings import Settings
+
+
+def build_indexer(
+    settings: Settings,
+    registry: CollectorRegistry,
+    model: Callable[[], str | None],
+    headers: dict[str, str] | None = None,
+) -> KvIndexer:
+    """The indexer for these settings (which must have kv_events_endpoint and redis_url set)."""
+    assert settings.kv_events_endpoint is not None and settings.redis_url is not None
+    metrics = KvMetrics(registry)
+    return KvIndexer(
+        subscriber=Subscriber(
+            settings.kv_events_endpoint,
+            settings.kv_events_topic,
+            metrics,
+            replay_endpoint=settings.kv_events_replay_endpoint,
+        ),
+        writer=RedisWriter(settings.redis_url, settings.pod),
+        index=PodIndex(settings.kv_hash_block_size),
+        metrics=metrics,
+        model=model,
+        engine_base_url=settings.engine_base_url if settings.engine == "vllm" else None,
+        headers=headers,
+    )
