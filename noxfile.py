@@ -67,15 +67,15 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.install("-e", ".")
+    """Every benchmark, each printing figures against a peer measured in the same run."""
+    ensure_apt(session, "wrk", "wrk")
+    ensure_apt(session, "redis-server", "redis-server")
+    session.install("-e", ".[test]")
     session.run("bash", str(ROOT / "bench" / "install_aibrix.sh"), str(AIBRIX_VENV), external=True)
-    session.run(
-        "python",
-        "bench/metrics_bench.py",
-        "--aibrix-python",
-        str(AIBRIX_VENV / "bin" / "python"),
-        *session.posargs,
-    )
+    aibrix = str(AIBRIX_VENV / "bin" / "python")
+    session.run("python", "bench/metrics_bench.py", "--aibrix-python", aibrix, *session.posargs)
+    session.run("python", "bench/lora_bench.py")
+    session.run("python", "bench/kv_events_bench.py")
 
 
 @nox.session

@@ -43,7 +43,7 @@ class Landings(threading.Thread):
         super().__init__(daemon=True)
         self.client = srv.client()
         self.client.config_set("notify-keyspace-events", "Kh")
-        self.pubsub = self.client.pubsub()
+        self.pubsub = self.client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
         self.pubsub.psubscribe("__keyspace@0__:matrix:kv:block:*")
         self.pubsub.get_message(timeout=1)  # the subscribe confirmation
         self.expected = expected
