@@ -23,7 +23,7 @@ from outrider.adapters.file import AdaptersFileWatcher
 from outrider.adapters.reconciler import Reconciler
 from outrider.engines import get_engine_spec
 from outrider.engines.client import EngineClient, auth_headers, served_base_model
-from outrider.http.app import create_app
+from outrider.http.app import create_asgi
 from outrider.metrics.concepts import profile_targets
 from outrider.metrics.own import OwnMetrics
 from outrider.metrics.page import ServedPage
@@ -93,7 +93,7 @@ async def serve(
 ) -> None:
     """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections."""
     runtime = build_runtime(settings)
-    app = create_app(runtime)
+    app = create_asgi(runtime)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.scraper.run)
         if runtime.adapters is not None:

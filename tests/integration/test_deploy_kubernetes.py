@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from outrider.cli import SERVE_OPTIONS, build_parser, serve_settings
-from outrider.http.app import create_app
+from outrider.http.app import route_paths
 from outrider.service import build_runtime
 from tests.conftest import REPO
 
@@ -238,7 +238,7 @@ def test_outrider_container_runs_with_outriders_own_command_line(rendered: tuple
     assert settings.adapter_root.startswith("/models/")  # on the volume the engine mounts at the same path
 
     # The probes ask routes outrider really serves, on its own port.
-    routes = {rule.rule for rule in create_app(build_runtime(settings)).url_map.iter_rules()}
+    routes = route_paths(build_runtime(settings))
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "outrider"}
     assert sidecar["livenessProbe"]["httpGet"] == {"path": "/health", "port": "outrider"}
     assert {"/ready", "/health", "/metrics"} <= routes

@@ -188,3 +188,27 @@ async def test_unknown_route_is_json_404(nursery: trio.Nursery, vllm_engine: Fak
     assert response.status_code == 405
     assert "error" in response.json()
     o.shutdown.set()
+
+
+async def test_metrics_gzip_head_and_methods(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+    o = await start_outrider(nursery, fast_settings(vllm_engine))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+    async with httpx.AsyncClient(base_url=o.url) as raw:
+        # Prometheus sends Accept-Encoding: gzip; the body must be the same page, compressed.
+        plain = await raw.get("/metrics", headers={"accept-encoding": "identity"})
+        zipped = await raw.get("/metrics", headers={"accept-encoding": "gzip"})
+        refused = await raw.get("/metrics", headers={"accept-encoding": "gzip;q=0, identity"})
+        head = await raw.head("/metrics", headers={"accept-encoding": "identity"})
+        post = await raw.post("/metrics")
+        head_ready = await raw.head("/ready")
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert int(zipped.headers["content-length"]) < len(plain.content) / 3
+    assert zipped.text.split("# HELP outrider_")[0] == plain.text.split("# HELP outrider_")[0]  # httpx decodes
+    assert "content-encoding" not in refused.headers
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(plain.content)
+    assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
+    assert post.json()["error"]["type"] == "method_not_allowed"
+    assert head_ready.status_code == 200 and head_ready.content == b""
+    o.shutdown.set()

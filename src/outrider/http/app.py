@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from outrider.errors import OutriderError, error_body
-from outrider.http import adapters, compat_lora, health, metrics
+from outrider.http import adapters, compat_lora
+from outrider.http.hot import ASGIApp, HotRoutes
 from outrider.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
+def create_asgi(runtime: Runtime) -> ASGIApp:
+    """What hypercorn serves: the hot routes (probes, /metrics) in front of the Quart app."""
+    # Quart types its ASGI signature with TypedDict events; at run time it is the plain ASGI callable.
+    return HotRoutes(cast(ASGIApp, create_app(runtime)), runtime)
+
+
+def route_paths(runtime: Runtime) -> set[str]:
+    """Every route path outrider answers (the hot routes and the Quart app's), e.g. for checking probe paths."""
+    app = create_app(runtime)
+    return {rule.rule for rule in app.url_map.iter_rules()} | HotRoutes(cast(ASGIApp, app), runtime).paths
+
+
 def create_app(runtime: Runtime) -> QuartTrio:
     app = QuartTrio("outrider")
     app.config["RUNTIME"] = runtime
-    app.register_blueprint(health.blueprint)
-    app.register_blueprint(metrics.blueprint)
     app.register_blueprint(adapters.blueprint)
     app.register_blueprint(compat_lora.blueprint)
 

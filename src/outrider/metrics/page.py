@@ -4,9 +4,14 @@ Rendering outrider's own registry costs about 0.3 ms, several times the rest of 
 is reused for up to `REFRESH` seconds, and rebuilt at once when a new engine page arrives or the page it holds
 reaches `--metrics-max-age` (a cached body never serves an engine page past its expiry). The time-dependent
 gauges (page age, page served) are therefore at most `REFRESH` old, far below any scrape interval.
+
+Prometheus asks for gzip; the compressed body is made once per composed body (level 1: about 6x smaller for a
+fraction of a millisecond), so a scrape costs no compression and sends a sixth of the bytes.
 """
 
 from __future__ import annotations
+
+import gzip
 
 import trio
 
@@ -22,8 +27,15 @@ class ServedPage:
         self._own = own
         self._refresh = refresh
         self._body = b""
+        self._gzipped: bytes | None = None
         self._valid_until = -float("inf")
         self._snapshot: Snapshot | None = None
+
+    def gzip_body(self) -> bytes:
+        body = self.body()
+        if self._gzipped is None:
+            self._gzipped = gzip.compress(body, compresslevel=1, mtime=0)
+        return self._gzipped
 
     def body(self) -> bytes:
         now = trio.current_time()
@@ -33,6 +45,7 @@ class ServedPage:
             page = self._scraper.fresh_page()
             own = self._own.render()
             self._body = own if page is None else page + own
+            self._gzipped = None
             self._valid_until = now + self._refresh
             if page is not None and snapshot is not None:
                 self._valid_until = min(self._valid_until, snapshot.fetched_at + self._scraper.max_age)
