@@ -41,6 +41,13 @@ class Conflict(OutriderError):
     type = "conflict"
 
 
+class InsufficientStorage(OutriderError):
+    """The destination's file system has less free space than the download needs."""
+
+    status = 507
+    type = "insufficient_storage"
+
+
 class EngineUnavailable(OutriderError):
     """The engine could not be reached or did not answer in time."""
 
@@ -87,3 +94,10 @@ class SourceTransientError(SourceError):
 
     status = 503
     type = "source_unavailable"
+
+
+class VerificationFailed(SourceError):
+    """What arrived is not what the store listed (size or checksum differs); nothing was published."""
+
+    status = 502
+    type = "verification_failed"
