@@ -7,6 +7,7 @@ import dataclasses
 from outrider.metrics.own import OwnMetrics
 from outrider.metrics.scraper import Scraper
 from outrider.settings import Settings
+from outrider.transfer.jobs import JobManager
 
 
 @dataclasses.dataclass
@@ -15,3 +16,4 @@ class Runtime:
     metrics: OwnMetrics
     scraper: Scraper
     model: str | None = None  # the engine's served model name, from --model or asked of the engine
+    downloads: JobManager | None = None  # model download jobs; started by the supervisor

@@ -26,11 +26,13 @@ from outrider.metrics.scraper import Scraper
 from outrider.metrics.standardize import Rewriter
 from outrider.runtime import Runtime
 from outrider.settings import Settings
+from outrider.transfer.jobs import JobManager
+from outrider.transfer.opener import SourceOpener, build_opener
 
 log = logging.getLogger("outrider")
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings, source_opener: SourceOpener | None = None) -> Runtime:
     spec = get_engine_spec(settings.engine)
     metrics = OwnMetrics(settings.engine)
     rewriter = Rewriter(spec.metric_sources, profile_targets(settings.metrics_profiles, settings.metrics_prefix))
@@ -43,7 +45,8 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics=metrics,
         headers=auth_headers(settings.engine_api_key),
     )
-    return Runtime(settings=settings, metrics=metrics, scraper=scraper, model=settings.model)
+    downloads = JobManager(settings.downloads, source_opener or build_opener(settings.downloads), metrics.downloads)
+    return Runtime(settings=settings, metrics=metrics, scraper=scraper, model=settings.model, downloads=downloads)
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -62,13 +65,18 @@ async def serve(
     settings: Settings,
     shutdown: trio.Event,
     *,
+    source_opener: SourceOpener | None = None,
     task_status: trio.TaskStatus[tuple[Runtime, list[str]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections."""
-    runtime = build_runtime(settings)
+    """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections.
+
+    `source_opener` turns download requests' sources into Sources (default: `build_opener(settings.downloads)`)."""
+    runtime = build_runtime(settings, source_opener)
     app = create_app(runtime)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.scraper.run)
+        assert runtime.downloads is not None
+        await nursery.start(runtime.downloads.run)
         if runtime.model is None:
             nursery.start_soon(_discover_model, runtime)
         binds: list[str] = await nursery.start(
@@ -114,11 +122,11 @@ async def _discover_model(runtime: Runtime) -> None:
     log.info("engine serves model %r", runtime.model)
 
 
-async def _main(settings: Settings) -> None:
+async def _main(settings: Settings, source_opener: SourceOpener | None = None) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, shutdown)
-        await serve(settings, shutdown)
+        await serve(settings, shutdown, source_opener=source_opener)
         nursery.cancel_scope.cancel()
 
 
@@ -138,10 +146,10 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape otherwise
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, source_opener: SourceOpener | None = None) -> int:
     configure_logging(settings.log_level)
     try:
-        trio.run(_main, settings)
+        trio.run(_main, settings, source_opener)
     except OSError as exc:  # typically the port is taken: one line, not a traceback
         log.error("cannot serve on %s:%s: %s", settings.host, settings.port, exc)
         return 1

@@ -9,7 +9,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from outrider.errors import OutriderError, error_body
-from outrider.http import health, metrics
+from outrider.http import downloads, health, metrics
 from outrider.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.config["RUNTIME"] = runtime
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(downloads.blueprint)
 
     @app.errorhandler(OutriderError)
     async def _outrider_error(exc: OutriderError) -> tuple[Response, int]:

@@ -51,6 +51,7 @@ class DownloadRequest:
     exclude: tuple[str, ...] = ()
     workers: int | None = None
     chunk_size: int | None = None
+    suffixes: tuple[str, ...] | None = None  # None: the operator's allow-list (--allow-file-suffix)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -162,7 +163,8 @@ class JobManager:
         """Validate, plan and start a download (or join the identical one in progress); returns its job."""
         if self._nursery is None:
             raise OutriderError("the download service is not running")
-        filters = Filters(self.settings.allow_suffixes, request.include, request.exclude)
+        suffixes = self.settings.allow_suffixes if request.suffixes is None else request.suffixes
+        filters = Filters(suffixes, request.include, request.exclude)
         source = await trio.to_thread.run_sync(self.opener, request.source, request.config, limiter=self._control)
         try:
             joined = self._join_or_refuse(request.dest, source.display, filters)
