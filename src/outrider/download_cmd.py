@@ -124,21 +124,27 @@ async def _download(command: Command, opener: SourceOpener, out: TextIO) -> int:
         prepared = await trio.to_thread.run_sync(
             download.prepare, source, command.filters, command.dest, settings.chunk_size
         )
-        progress = download.progress_for(prepared, Progress())
-        transfer = Transfer(TransferOptions(workers=settings.workers, chunk_size=settings.chunk_size))
+    except OutriderError as exc:
+        await trio.to_thread.run_sync(source.close)
+        return _fail(exc, out)
+    progress = download.progress_for(prepared, Progress())
+    transfer = Transfer(TransferOptions(workers=settings.workers, chunk_size=settings.chunk_size))
+    error: OutriderError | None = None
+    try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report, progress, out)
             try:
                 await download.run(prepared, transfer, progress, stop)
+            except OutriderError as exc:  # caught here, not raised through the nursery as an exception group
+                error = exc
             finally:
-                stop.set()
                 progress.finished = time.monotonic()
                 nursery.cancel_scope.cancel()
-    except OutriderError as exc:
-        return _fail(exc, out)
     finally:
         stop.set()
         await trio.to_thread.run_sync(source.close)
+    if error is not None:
+        return _fail(error, out)
     _draw(progress, out, final=True)
     fetched = len([f for f in progress.files.values() if f.state == "published"])
     print(
