@@ -89,7 +89,7 @@ async def test_asking_again_is_a_no_op_and_a_changed_file_is_fetched_again(tmp_p
     await fetch(source, tmp_path / "m")
     assert source.reads == []
     changed = "model-00002-of-00002.safetensors"
-    files[changed] = os.urandom(CHUNK + 7)
+    files[changed] = os.urandom(len(files[changed]))  # same size: only the version tells
     source.versions[changed] = "v2"
     await fetch(source, tmp_path / "m")
     assert {p for p, _, _ in source.reads} == {changed}
@@ -110,7 +110,8 @@ async def test_transient_faults_are_retried_per_chunk(tmp_path: Path, script: li
         workers=2, chunk_size=CHUNK, backoff_initial=0.01, backoff_max=0.05, stall_timeout=0.3, manifest_interval=0.05
     )
     try:
-        await fetch(source, tmp_path / "m", options)
+        with trio.fail_after(10):  # a stall must be cut short by the watchdog, not wait out the fake's 30 s
+            await fetch(source, tmp_path / "m", options)
     finally:
         source.release.set()
     assert_tree(tmp_path / "m", files)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from outrider.errors import InvalidRequest, InvalidSource
 
@@ -22,7 +22,7 @@ def confine(root: str | Path, raw: str, field: str) -> Path:
     if "\x00" in raw:
         raise InvalidRequest(f"{field} must not contain a NUL byte", field=field)
     for spelling in {raw, urllib.parse.unquote(raw)}:
-        if ".." in PurePosixPath(spelling).parts or ".." in spelling.replace("\\", "/").split("/"):
+        if ".." in spelling.replace("\\", "/").split("/"):
             raise InvalidRequest(f"{field} must not contain '..': {raw!r}", field=field)
     real_root = Path(os.path.realpath(root))
     candidate = Path(raw) if raw.startswith("/") else Path(root) / raw
@@ -37,7 +37,7 @@ def confine(root: str | Path, raw: str, field: str) -> Path:
 
 def join_under(dest: Path, relative: str) -> Path:
     """`dest / relative` for a source's file path; refuses paths that would leave `dest` (a store's bad listing)."""
-    parts = PurePosixPath(relative).parts
-    if not parts or relative.startswith("/") or any(p in ("..", ".", "") for p in parts) or "\x00" in relative:
+    parts = relative.split("/")
+    if any(p in ("..", ".", "") for p in parts) or "\x00" in relative:
         raise InvalidSource(f"the source lists a file with an unsafe path: {relative!r}")
     return dest.joinpath(*parts)
