@@ -104,6 +104,11 @@ class _FileTask:
     # checksum is computed by reading the finished part file back.
     digest: checksums.Digest | None
     dirty: bool = False
+    # Multi-chunk files with a checksum are hashed by a follower task as their finished prefix grows, so the hash
+    # pass overlaps the download instead of following it; `changed` wakes it after each finished chunk.
+    changed: trio.Event = dataclasses.field(default_factory=trio.Event)
+    hashed: trio.Event | None = None
+    followed: checksums.Digest | None = None
 
     @property
     def missing(self) -> list[int]:
@@ -193,6 +198,8 @@ class _Run:
                 async with trio.open_nursery() as work:
                     self.work = work
                     for task in self.tasks:
+                        if task.hashed is not None:
+                            work.start_soon(self._guard, self._follow, task)
                         if not task.missing:  # resumed with every chunk done, or an empty file
                             work.start_soon(self._guard, self._finish, task)
                     for _ in range(min(workers, len(self.queue))):
@@ -243,7 +250,10 @@ class _Run:
         entry.done, entry.state = resumed, "fetching"
         inline = len(chunks) == 1 and not manifest.done
         digest = checksums.new_digest(remote.checksum) if inline else None
-        return _FileTask(remote, final, manifest, chunks, entry, digest)
+        task = _FileTask(remote, final, manifest, chunks, entry, digest)
+        if not inline and len(chunks) > 1 and checksums.new_digest(remote.checksum) is not None:
+            task.hashed = trio.Event()
+        return task
 
     # -- fetching --------------------------------------------------------------------------------------------
 
@@ -253,6 +263,8 @@ class _Run:
             await self._fetch_chunk(task, index)
             task.manifest.done.add(index)
             task.dirty = True
+            task.changed.set()
+            task.changed = trio.Event()
             if len(task.manifest.done) == len(task.chunks):
                 self.work.start_soon(self._guard, self._finish, task)
 
@@ -350,7 +362,46 @@ class _Run:
 
     # -- verification and publish ----------------------------------------------------------------------------
 
+    async def _follow(self, task: _FileTask) -> None:
+        """Hash the file's finished prefix as it grows (reading back what the workers wrote, from page cache)."""
+        assert task.hashed is not None
+        digest = checksums.new_digest(task.remote.checksum)
+        assert digest is not None
+        index = 0
+        while index < len(task.chunks):
+            if index not in task.manifest.done:
+                await task.changed.wait()
+                continue
+            last = index
+            while last + 1 < len(task.chunks) and last + 1 in task.manifest.done:
+                last += 1
+            start, end = task.chunks[index][0], task.chunks[last][1]
+            try:
+                await trio.to_thread.run_sync(self._hash_range, task, digest, start, end, limiter=self.t.verify_limiter)
+            except Stopped:
+                await trio.lowlevel.checkpoint()
+                raise
+            index = last + 1
+        task.followed = digest
+        task.hashed.set()
+
+    def _hash_range(self, task: _FileTask, digest: checksums.Digest, start: int, end: int) -> None:
+        fd = os.open(state.part_path(task.final), os.O_RDONLY)
+        try:
+            while start < end:
+                if self.stop.is_set():
+                    raise Stopped("download stopped")
+                piece = os.pread(fd, min(PIECE_SIZE * 4, end - start), start)
+                if not piece:
+                    raise VerificationFailed(f"{task.remote.path}: the part file is shorter than {end} bytes")
+                digest.update(piece)
+                start += len(piece)
+        finally:
+            os.close(fd)
+
     async def _finish(self, task: _FileTask) -> None:
+        if task.hashed is not None:
+            await task.hashed.wait()
         task.progress.state = "verifying"
         try:
             await trio.to_thread.run_sync(self._verify_and_publish, task, limiter=self.t.verify_limiter)
@@ -373,7 +424,7 @@ class _Run:
                 state.remove_partial(task.final)
                 raise VerificationFailed(f"{remote.path}: {size} bytes on disk, the store listed {remote.size}")
             if remote.checksum is not None:
-                digest = task.digest or self._digest_file(fd, remote)
+                digest = task.digest or task.followed or self._digest_file(fd, remote)
                 if digest is not None and not checksums.matches(remote.checksum, digest.value()):
                     state.remove_partial(task.final)
                     raise VerificationFailed(
