@@ -222,3 +222,25 @@ async def test_cancel_stops_promptly_and_publishes_nothing_partial(tmp_path: Pat
     assert scope.cancelled_caught
     source.release.set()
     assert not (tmp_path / "m" / "big.bin").exists()
+
+
+@pytest.mark.parametrize("listed_right", [True, False])
+async def test_after_an_abandoned_read_the_checksum_is_computed_by_reading_back(
+    tmp_path: Path, listed_right: bool
+) -> None:
+    data = os.urandom(CHUNK)
+    source = MemorySource({"one.bin": data}, piece_size=PIECE)
+    if not listed_right:
+        source.listed_checksums["one.bin"] = Checksum("sha256", "0" * 64)
+    source.script.append("stall")  # half the bytes, then a hang: the inline hash cannot be trusted any more
+    options = TransferOptions(workers=1, chunk_size=CHUNK, stall_timeout=0.3, backoff_initial=0.01)
+    try:
+        if listed_right:
+            await fetch(source, tmp_path / "m", options)
+            assert (tmp_path / "m" / "one.bin").read_bytes() == data
+        else:
+            with pytest.raises(VerificationFailed):
+                await fetch(source, tmp_path / "m", options)
+            assert not (tmp_path / "m" / "one.bin").exists()
+    finally:
+        source.release.set()

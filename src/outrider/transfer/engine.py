@@ -248,7 +248,7 @@ class _Run:
         resumed = sum(end - start for i, (start, end) in enumerate(chunks) if i in manifest.done)
         entry = self.progress.files.get(remote.path) or self.progress.add_file(remote.path, remote.size)
         entry.done, entry.state = resumed, "fetching"
-        inline = len(chunks) == 1 and not manifest.done
+        inline = len(chunks) <= 1 and not manifest.done  # one chunk (or none): written in order, hash inline
         digest = checksums.new_digest(remote.checksum) if inline else None
         task = _FileTask(remote, final, manifest, chunks, entry, digest)
         if not inline and len(chunks) > 1 and checksums.new_digest(remote.checksum) is not None:
