@@ -6,8 +6,9 @@ files finish, and are published, first) and fetch each in one worker thread: the
 between pieces. Memory is therefore bounded by workers x PIECE_SIZE whatever the model size.
 
 Resources and errors:
-- Threads run under the shared `limiter` (one token per ranged read in flight, across all jobs). Each thread opens
-  and closes its own file descriptor, so an abandoned thread can never write through a reused descriptor number.
+- Each ranged read holds a token of the shared `limiter` (one per read in flight, across all jobs) from the trio
+  side while its thread runs; an abandoned read returns its token at once. Each thread opens and closes its own
+  file descriptor, so an abandoned thread can never write through a reused descriptor number.
 - A `SourceTransientError` is retried for that chunk from the byte it got to, with exponential backoff and jitter,
   up to `max_attempts` failures in a row without progress. Any other `SourceError` fails the download at once.
 - A read that delivers nothing for `stall_timeout` seconds is abandoned (its thread told to stop) and retried:
@@ -135,6 +136,9 @@ class Transfer:
         self.options = options
         self.limiter = limiter or trio.CapacityLimiter(options.workers)
         self.verify_limiter = verify_limiter or trio.CapacityLimiter(VERIFY_THREADS)
+        # Reads hold a `limiter` token from the trio side, so an abandoned (stalled) read gives its slot back at
+        # once and the retry need not wait for the stuck thread. This bounds the threads themselves, stuck or not.
+        self.thread_limiter = trio.CapacityLimiter(4 * options.workers + 16)
 
     async def fetch(
         self,
@@ -294,9 +298,11 @@ class _Run:
             attempt.scope = scope
             self.active.add(attempt)
             try:
-                await trio.to_thread.run_sync(
-                    self._read_into_part, task, attempt, abandon_on_cancel=True, limiter=self.t.limiter
-                )
+                async with self.t.limiter:
+                    attempt.last_piece = time.monotonic()  # the stall clock starts with the read, not the queue
+                    await trio.to_thread.run_sync(
+                        self._read_into_part, task, attempt, abandon_on_cancel=True, limiter=self.t.thread_limiter
+                    )
             except Stopped:
                 await trio.lowlevel.checkpoint()  # a pending cancel wins over our own word for it
                 raise
