@@ -13,10 +13,14 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from outrider import __version__
 from outrider.settings import Settings, SettingsError, from_raw
+from outrider.sources.options import SourceOptions, env_defaults
+
+if TYPE_CHECKING:
+    from outrider.transfer.opener import SourceOpener
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +31,7 @@ class Option:
     flags: tuple[str, ...]
     env: tuple[str, ...]
     help: str
+    switch: bool = False  # a flag that takes no value (given = "true")
 
 
 SERVE_OPTIONS: tuple[Option, ...] = (
@@ -154,6 +159,60 @@ REDIS_ENV = {
 }
 
 
+# Model download settings: shared by `serve` (for requests) and `download` (for the command line).
+DOWNLOAD_SETTINGS_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "model_root",
+        ("--model-root",),
+        ("OUTRIDER_MODEL_ROOT", "DOWNLOADER_LOCAL_DIR"),
+        "directory every requested download must land under (default /models)",
+    ),
+    Option("pvc_root", ("--pvc-root",), ("OUTRIDER_PVC_ROOT",), "directory `pvc://` sources must be under"),
+    Option(
+        "download_workers",
+        ("--download-workers",),
+        ("OUTRIDER_DOWNLOAD_WORKERS", "DOWNLOADER_NUM_THREADS"),
+        "ranged reads in flight across all downloads (default 8)",
+    ),
+    Option("chunk_size", ("--chunk-size",), ("OUTRIDER_CHUNK_SIZE",), "bytes per ranged read (default 16MiB)"),
+    Option(
+        "allow_request_endpoints",
+        ("--allow-request-endpoints",),
+        ("OUTRIDER_ALLOW_REQUEST_ENDPOINTS",),
+        "let download requests name their own store endpoint in `config`",
+        switch=True,
+    ),
+    Option(
+        "allow_file_suffix",
+        ("--allow-file-suffix",),
+        ("OUTRIDER_ALLOW_FILE_SUFFIX", "DOWNLOADER_ALLOW_FILE_SUFFIX"),
+        "download only files with these suffixes, e.g. 'json, safetensors' (default: every file)",
+    ),
+)
+SERVE_OPTIONS = SERVE_OPTIONS + DOWNLOAD_SETTINGS_OPTIONS
+# `outrider download` spells the worker count --workers too.
+DOWNLOAD_OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(o, flags=("--workers", *o.flags)) if o.dest == "download_workers" else o
+    for o in DOWNLOAD_SETTINGS_OPTIONS
+)
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for opt in options:
+        envs = ", ".join(opt.env)
+        if opt.switch:
+            parser.add_argument(
+                *opt.flags,
+                dest=opt.dest,
+                default=None,
+                action="store_const",
+                const="true",
+                help=f"{opt.help} [env: {envs}]",
+            )
+        else:
+            parser.add_argument(*opt.flags, dest=opt.dest, default=None, help=f"{opt.help} [env: {envs}]")
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus an error; an operator reading pod logs wants the one line that matters."""
 
@@ -166,9 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"outrider {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     serve = sub.add_parser("serve", help="run the sidecar service")
-    for opt in SERVE_OPTIONS:
-        envs = ", ".join(opt.env)
-        serve.add_argument(*opt.flags, dest=opt.dest, default=None, help=f"{opt.help} [env: {envs}]")
+    _add_options(serve, SERVE_OPTIONS)
+    from outrider import download_cmd  # small: argparse wiring and the progress display only
+
+    download = sub.add_parser("download", help="download a model into a directory, verified, resumable")
+    download_cmd.add_arguments(download)
+    _add_options(download, DOWNLOAD_OPTIONS)
     return parser
 
 
@@ -183,15 +245,31 @@ def resolve(args: argparse.Namespace, options: Sequence[Option], environ: Mappin
     return raw
 
 
+def source_defaults(environ: Mapping[str, str]) -> SourceOptions:
+    """The pod's store credentials and endpoints from its env (ACCESS_KEY, AWS_*, TOS_*, HF_TOKEN, ...)."""
+    try:
+        return env_defaults(environ)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     raw = resolve(args, SERVE_OPTIONS, environ)
     raw.update({dest: environ.get(name) or None for dest, name in REDIS_ENV.items()})
     if not raw["pod"]:
         raw["pod"] = socket.gethostname()
-    return from_raw(raw)
+    settings = from_raw(raw)
+    downloads = dataclasses.replace(settings.downloads, source_defaults=source_defaults(environ))
+    return dataclasses.replace(settings, downloads=downloads)
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    source_opener: SourceOpener | None = None,
+) -> int:
+    """Run a command; `source_opener` replaces the built-in stores (tests use it to serve a local one)."""
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
     if args.command == "serve":
@@ -202,5 +280,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 2
         from outrider.service import run  # imported late: `--help` should not pay for the server stack
 
-        return run(settings)
+        return run(settings, source_opener=source_opener)
+    if args.command == "download":
+        from outrider import download_cmd
+
+        try:
+            defaults = source_defaults(env)
+        except SettingsError as exc:
+            print(f"outrider: error: {exc}", file=sys.stderr)
+            return 2
+        return download_cmd.main(args, resolve(args, DOWNLOAD_OPTIONS, env), source_opener, defaults)
     raise AssertionError(f"unhandled command {args.command!r}")

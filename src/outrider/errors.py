@@ -41,6 +41,13 @@ class Conflict(OutriderError):
     type = "conflict"
 
 
+class InsufficientStorage(OutriderError):
+    """The destination's file system has less free space than the download needs."""
+
+    status = 507
+    type = "insufficient_storage"
+
+
 class EngineUnavailable(OutriderError):
     """The engine could not be reached or did not answer in time."""
 
@@ -104,3 +111,10 @@ class EngineRefused(OutriderError):
         # An engine 5xx is the engine's fault, not the caller's: relay it as a bad gateway.
         self.status = status if 400 <= status < 500 else 502
         self.reason = reason
+
+
+class VerificationFailed(SourceError):
+    """What arrived is not what the store listed (size or checksum differs); nothing was published."""
+
+    status = 502
+    type = "verification_failed"

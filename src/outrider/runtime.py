@@ -10,6 +10,7 @@ from outrider.metrics.own import OwnMetrics
 from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
 from outrider.settings import Settings
+from outrider.transfer.jobs import JobManager
 
 
 @dataclasses.dataclass
@@ -21,3 +22,4 @@ class Runtime:
     model: str | None = None  # the engine's served model name, from --model or asked of the engine
     adapters: Reconciler | None = None  # the declared LoRA set and the loop that keeps the engine on it
     adapters_file: AdaptersFileWatcher | None = None
+    downloads: JobManager | None = None  # model download jobs; started by the supervisor

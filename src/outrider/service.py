@@ -18,7 +18,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from outrider.adapters.fetch import RemoteDownload, SharedFetches, VolumeFetcher
+from outrider.adapters.fetch import SharedFetches, VolumeFetcher
 from outrider.adapters.file import AdaptersFileWatcher
 from outrider.adapters.reconciler import Reconciler
 from outrider.engines import get_engine_spec
@@ -31,13 +31,15 @@ from outrider.metrics.scraper import Scraper
 from outrider.metrics.standardize import Rewriter
 from outrider.runtime import Runtime
 from outrider.settings import Settings
+from outrider.transfer.jobs import JobManager
+from outrider.transfer.opener import SourceOpener, build_opener
 
 log = logging.getLogger("outrider")
 
 
-def build_runtime(settings: Settings, remote_download: RemoteDownload | None = None) -> Runtime:
-    """The live objects. `remote_download` fetches adapters that are not on the shared volume (the transfer
-    engine's download function); without it only volume sources can be declared."""
+def build_runtime(settings: Settings, source_opener: SourceOpener | None = None) -> Runtime:
+    """The live objects. `source_opener` turns download sources into Sources (default: the real stores; tests pass
+    a local one). LoRA adapters that are not already on the shared volume are fetched by the same download jobs."""
     spec = get_engine_spec(settings.engine)
     metrics = OwnMetrics(settings.engine)
     rewriter = Rewriter(spec.metric_sources, profile_targets(settings.metrics_profiles, settings.metrics_prefix))
@@ -50,11 +52,12 @@ def build_runtime(settings: Settings, remote_download: RemoteDownload | None = N
         metrics=metrics,
         headers=auth_headers(settings.engine_api_key),
     )
+    downloads = JobManager(settings.downloads, source_opener or build_opener(settings.downloads), metrics.downloads)
     root = Path(settings.adapter_root)
     reconciler = Reconciler(
         EngineClient(settings.engine_base_url, settings.engine_api_key),
         spec.lora,
-        SharedFetches(VolumeFetcher(root, remote_download)),
+        SharedFetches(VolumeFetcher(root, downloads.fetch)),
         adapter_root=root,
         interval=settings.adapter_sync_interval,
         metrics=metrics,
@@ -68,6 +71,7 @@ def build_runtime(settings: Settings, remote_download: RemoteDownload | None = N
         scraper=scraper,
         page=ServedPage(scraper, metrics),
         model=settings.model,
+        downloads=downloads,
         adapters=reconciler,
         adapters_file=watcher,
     )
@@ -89,16 +93,20 @@ async def serve(
     settings: Settings,
     shutdown: trio.Event,
     *,
+    source_opener: SourceOpener | None = None,
     task_status: trio.TaskStatus[tuple[Runtime, list[str]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections."""
-    runtime = build_runtime(settings)
+    """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections.
+
+    `source_opener` turns download requests' sources into Sources (default: `build_opener(settings.downloads)`)."""
+    runtime = build_runtime(settings, source_opener)
     app = create_asgi(runtime)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.scraper.run)
-        if runtime.adapters is not None:
-            nursery.start_soon(_close_engine_client_at_exit, runtime.adapters.engine)
-            await nursery.start(runtime.adapters.run)
+        assert runtime.downloads is not None and runtime.adapters is not None
+        await nursery.start(runtime.downloads.run)
+        nursery.start_soon(_close_engine_client_at_exit, runtime.adapters.engine)
+        await nursery.start(runtime.adapters.run)
         if runtime.adapters_file is not None:
             await nursery.start(runtime.adapters_file.run)
         if settings.kv_events_endpoint is not None:
@@ -161,11 +169,11 @@ async def _discover_model(runtime: Runtime) -> None:
     log.info("engine serves model %r", runtime.model)
 
 
-async def _main(settings: Settings) -> None:
+async def _main(settings: Settings, source_opener: SourceOpener | None = None) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, shutdown)
-        await serve(settings, shutdown)
+        await serve(settings, shutdown, source_opener=source_opener)
         nursery.cancel_scope.cancel()
 
 
@@ -185,10 +193,10 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape otherwise
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, source_opener: SourceOpener | None = None) -> int:
     configure_logging(settings.log_level)
     try:
-        trio.run(_main, settings)
+        trio.run(_main, settings, source_opener)
     except OSError as exc:  # typically the port is taken: one line, not a traceback
         log.error("cannot serve on %s:%s: %s", settings.host, settings.port, exc)
         return 1

@@ -13,15 +13,39 @@ from collections.abc import Mapping
 
 import httpx
 
+from outrider.sources.options import SourceOptions
+
 ENGINES = ("vllm", "sglang")
 # Kthena accepts this spelling for a vLLM that serves disaggregated prefill/decode; the APIs are vLLM's.
 ENGINE_ALIASES = {"vllmdisaggregated": "vllm"}
 METRICS_PROFILES = ("outrider", "kthena", "aibrix")
 _PREFIX_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Downloads: 16 MiB chunks keep per-request overhead (a ranged GET, a manifest entry) under 1% on any store while a
+# crash loses at most workers x 16 MiB; 8 workers saturate a 10 Gb/s link from S3-like stores in our measurements.
+DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+DEFAULT_DOWNLOAD_WORKERS = 8
+MAX_DOWNLOAD_WORKERS = 64
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message is one line meant for the operator."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadSettings:
+    """Where downloads may land and how hard they pull."""
+
+    model_root: str = "/models"  # every request's destination is confined under it
+    pvc_root: str | None = None  # `pvc://` sources are confined under it; None refuses them
+    workers: int = DEFAULT_DOWNLOAD_WORKERS  # ranged reads in flight, shared by all jobs
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    allow_request_endpoints: bool = False  # may a request's `config` name its own store endpoint (SSRF risk)?
+    allow_suffixes: tuple[str, ...] = ()  # only files ending in one of these; empty = every file
+    # The pod's own store credentials and endpoints from its env (Kthena and AIBrix spellings); a request's
+    # `config` overrides them, and they are never sent to an endpoint a request names (see sources/options.py).
+    source_defaults: SourceOptions = dataclasses.field(default_factory=SourceOptions, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +78,7 @@ class Settings:
     kv_hash_block_size: int = 16
     # repr=False: the URL may carry the Redis password.
     redis_url: str | None = dataclasses.field(default=None, repr=False)
+    downloads: DownloadSettings = DownloadSettings()
 
     @property
     def engine_metrics_url(self) -> str:
@@ -158,6 +183,55 @@ def parse_redis_url(raw: Mapping[str, str | None]) -> str | None:
     return f"redis://{auth}{host}:{port}/{int(db_raw)}"
 
 
+def parse_size(raw: str, setting: str) -> int:
+    """A byte count: `16777216`, `16MiB`, `16M`, `512k`."""
+    match = _SIZE_RE.match(raw)
+    if not match:
+        raise SettingsError(f"{setting}: expected a size like 16MiB or 1048576, got {raw!r}")
+    value = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "")[:1].lower()]
+    if not 64 * 1024 <= value <= 4 * 1024**3:
+        raise SettingsError(f"{setting}: {raw!r} is out of range 64KiB-4GiB")
+    return value
+
+
+def parse_workers(raw: str, setting: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{setting}: expected a whole number of workers, got {raw!r}") from None
+    if not 1 <= value <= MAX_DOWNLOAD_WORKERS:
+        raise SettingsError(f"{setting}: {value} is out of range 1-{MAX_DOWNLOAD_WORKERS}")
+    return value
+
+
+def parse_bool(raw: str, setting: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{setting}: expected true or false, got {raw!r}")
+
+
+def parse_suffixes(raw: str) -> tuple[str, ...]:
+    """AIBrix's DOWNLOADER_ALLOW_FILE_SUFFIX spelling: `json, safetensors` (a leading dot is optional)."""
+    return tuple(dict.fromkeys(s.strip().lstrip(".").lower() for s in raw.split(",") if s.strip().lstrip(".")))
+
+
+def download_settings(raw: Mapping[str, str | None]) -> DownloadSettings:
+    """DownloadSettings from resolved raw strings (keys: model_root, pvc_root, download_workers, chunk_size,
+    allow_request_endpoints, allow_file_suffix); missing keys take the defaults."""
+    pvc = raw.get("pvc_root")
+    return DownloadSettings(
+        model_root=parse_dir(raw.get("model_root") or "/models", "--model-root"),
+        pvc_root=parse_dir(pvc, "--pvc-root") if pvc else None,
+        workers=parse_workers(raw.get("download_workers") or str(DEFAULT_DOWNLOAD_WORKERS), "--download-workers"),
+        chunk_size=parse_size(raw.get("chunk_size") or str(DEFAULT_CHUNK_SIZE), "--chunk-size"),
+        allow_request_endpoints=parse_bool(raw.get("allow_request_endpoints") or "false", "--allow-request-endpoints"),
+        allow_suffixes=parse_suffixes(raw.get("allow_file_suffix") or ""),
+    )
+
+
 def from_raw(raw: Mapping[str, str | None]) -> Settings:
     """Build Settings from resolved raw strings (None = not given anywhere; the default applies)."""
 
@@ -213,4 +287,5 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
         kv_events_replay_endpoint=replay,
         kv_hash_block_size=int(hash_size_raw),
         redis_url=redis_url,
+        downloads=download_settings(raw),
     )

@@ -78,7 +78,9 @@ async def test_slow_engine_goes_stale_without_slowing_health(nursery: trio.Nurse
                 assert response.status_code == 200
                 worst = max(worst, elapsed)
     assert await stale()
-    assert worst < 0.1, f"a request took {worst:.3f}s while the engine was slow"
+    # A request that waited on the engine would take at least the 0.3 s scrape timeout (the engine takes 1 s);
+    # the bound sits below that, with room for a loaded CI machine. Latency itself is measured in bench/.
+    assert worst < 0.25, f"a request took {worst:.3f}s while the engine was slow"
     ready = (await o.client.get("/ready")).json()
     assert ready["status"] == "not ready" and "stale" in ready["reason"]
     body = (await o.client.get("/metrics")).text
@@ -113,7 +115,7 @@ async def test_dead_engine_then_recovery(nursery: trio.Nursery, vllm_engine: Fak
     connects = value(body, "outrider_scrape_failures_total", reason="connect")
     assert connects is not None and connects >= 1
     elapsed, health = await timed_get(o.client, "/health")
-    assert health.status_code == 200 and elapsed < 0.1
+    assert health.status_code == 200 and elapsed < 0.25
 
     await vllm_engine.start(nursery)  # same port
     await wait_until(lambda: is_ready(o.client), what="/ready 200 after the engine came back")

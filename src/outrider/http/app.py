@@ -10,7 +10,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from outrider.errors import OutriderError, error_body
-from outrider.http import adapters, compat_lora
+from outrider.http import adapters, compat_lora, downloads
 from outrider.http.hot import ASGIApp, HotRoutes
 from outrider.runtime import Runtime
 
@@ -34,6 +34,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.config["RUNTIME"] = runtime
     app.register_blueprint(adapters.blueprint)
     app.register_blueprint(compat_lora.blueprint)
+    app.register_blueprint(downloads.blueprint)
 
     @app.errorhandler(OutriderError)
     async def _outrider_error(exc: OutriderError) -> tuple[Response, int]:

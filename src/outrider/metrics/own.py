@@ -14,6 +14,17 @@ from outrider import __version__
 FAILURE_REASONS = ("timeout", "connect", "http_status", "protocol", "invalid_page")
 # Adapter reconcile failure reasons, closed for the same reason.
 RECONCILE_ERROR_REASONS = ("engine_unavailable", "engine_refused", "fetch", "internal")
+# Download failure reasons: closed, like the scrape ones; `download_failure_reason` maps errors onto them.
+DOWNLOAD_FAILURE_REASONS = (
+    "source_not_found",
+    "access_denied",
+    "invalid_source",
+    "source_unavailable",
+    "verification_failed",
+    "insufficient_storage",
+    "local_io",
+    "internal",
+)
 
 
 class OwnMetrics:
@@ -67,9 +78,49 @@ class OwnMetrics:
         )
         for reason in RECONCILE_ERROR_REASONS:
             self.adapter_reconcile_errors.labels(reason)
+        self.downloads = DownloadMetrics(r)
         Info("outrider_build", "outrider build information.", registry=r).info(
             {"version": __version__, "engine": engine}
         )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DownloadMetrics:
+    """Model download counters, registered in outrider's own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.bytes = Counter("outrider_download_bytes", "Bytes received from stores by downloads.", registry=r)
+        self.files = Counter("outrider_download_files", "Files verified and published by downloads.", registry=r)
+        self.duration = Histogram(
+            "outrider_download_duration_seconds",
+            "Wall time of download jobs that completed.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+            registry=r,
+        )
+        self.failures = Counter(
+            "outrider_download_failures", "Download jobs that failed, by reason.", ["reason"], registry=r
+        )
+        for reason in DOWNLOAD_FAILURE_REASONS:
+            self.failures.labels(reason)
+        self.active = Gauge("outrider_download_jobs_active", "Download jobs queued or running.", registry=r)
+
+
+def download_failure_reason(error: Exception | None) -> str:
+    """The closed-set label for a failed download's error (by its `type`, never its message)."""
+    kind = getattr(error, "type", None)
+    mapping = {
+        "source_not_found": "source_not_found",
+        "not_found": "source_not_found",
+        "source_access_denied": "access_denied",
+        "invalid_source": "invalid_source",
+        "invalid_request": "invalid_source",
+        "source_unavailable": "source_unavailable",
+        "source_error": "source_unavailable",
+        "verification_failed": "verification_failed",
+        "insufficient_storage": "insufficient_storage",
+        "local_io_error": "local_io",
+    }
+    return mapping.get(str(kind), "internal")

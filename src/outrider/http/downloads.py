@@ -1,0 +1,320 @@
+"""Model download routes: outrider's own (`/v1/downloads`) and the Kthena and AIBrix spellings.
+
+Native:
+  POST /v1/downloads {source, dest, config?, include?, exclude?, workers?, chunk_size?, wait?}
+       -> 202 job (200 with the finished job when wait=true; the job's error status when it failed)
+  GET /v1/downloads, GET /v1/downloads/{id}, DELETE /v1/downloads/{id} (cancels; answers once stopped)
+Kthena: POST /v1/download_model {source, output_dir, config (object or JSON string), max_workers, async_download}
+AIBrix: POST /v1/model/download {model_uri, local_dir, model_name, download_extra_config}; GET /v1/model/list
+
+Every destination is confined to --model-root before anything else happens. Bodies are validated strictly: a
+non-JSON body or a wrong type is a 400 naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from outrider.errors import InvalidRequest, OutriderError, error_body
+from outrider.runtime import Runtime
+from outrider.settings import MAX_DOWNLOAD_WORKERS, SettingsError, parse_size, parse_suffixes
+from outrider.transfer import state
+from outrider.transfer.jobs import DownloadRequest, Job, JobManager
+from outrider.transfer.paths import confine
+
+blueprint = Blueprint("downloads", __name__)
+
+# How long DELETE waits for a job's threads to notice before answering with the job as it then is.
+CANCEL_WAIT = 10.0
+_NATIVE_FIELDS = {"source", "dest", "config", "include", "exclude", "workers", "chunk_size", "wait"}
+# How deep GET /v1/model/list looks under the model root for downloaded directories.
+_LIST_DEPTH = 4
+
+
+# -- body parsing -----------------------------------------------------------------------------------------------
+
+
+async def _body() -> dict[str, Any]:
+    raw = await request.get_data()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("the request body must be a JSON object", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", field="body")
+    return body
+
+
+def _required_str(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None or value == "":
+        raise InvalidRequest(f"Missing required parameter: {name}", field=name)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string", field=name)
+    return value
+
+
+def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string", field=name)
+    return value
+
+
+def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be true or false", field=name)
+    return value
+
+
+def _workers(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DOWNLOAD_WORKERS:
+        raise InvalidRequest(f"{name} must be a whole number from 1 to {MAX_DOWNLOAD_WORKERS}", field=name)
+    return value
+
+
+def _chunk_size(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidRequest(f"{name} must be a number of bytes or a size like '16MiB'", field=name)
+    try:
+        return parse_size(str(value), name)
+    except SettingsError as exc:
+        raise InvalidRequest(str(exc), field=name) from None
+
+
+def _globs(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = body.get(name)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidRequest(f"{name} must be a list of glob patterns", field=name)
+    return tuple(value)
+
+
+def _config(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """A JSON object, or a string holding one (Kthena's clients send a string; its docs show an object)."""
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be a JSON object or a string holding one", field=name) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{name} must be a JSON object or a string holding one", field=name)
+    return value
+
+
+# -- shared ------------------------------------------------------------------------------------------------------
+
+
+def _runtime() -> Runtime:
+    runtime: Runtime = current_app.config["RUNTIME"]
+    return runtime
+
+
+def _manager() -> JobManager:
+    manager = _runtime().downloads
+    if manager is None:
+        raise OutriderError("downloads are not available in this process")
+    return manager
+
+
+def _model_root() -> str:
+    return _runtime().settings.downloads.model_root
+
+
+def _failure(job: Job, extra: Mapping[str, Any] | None = None) -> tuple[Response, int]:
+    """The answer for a job that ended without completing, in the shared error shape plus the job."""
+    if job.state == "cancelled":
+        body = error_body("cancelled", f"download job {job.id} was cancelled")
+        status = 409
+    else:
+        error = job.error or OutriderError("the download failed")
+        body, status = error.to_json(), error.status
+    body.update(extra or {})
+    body["job"] = job.to_json()
+    return jsonify(body), status
+
+
+# -- native ------------------------------------------------------------------------------------------------------
+
+
+@blueprint.post("/v1/downloads")
+async def create_download() -> tuple[Response, int, dict[str, str]] | tuple[Response, int]:
+    body = await _body()
+    unknown = sorted(set(body) - _NATIVE_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    source = _required_str(body, "source")
+    dest = confine(_model_root(), _required_str(body, "dest"), "dest")
+    wait = _bool(body, "wait", False)
+    job = await _manager().submit(
+        DownloadRequest(
+            source=source,
+            dest=dest,
+            config=_config(body, "config"),
+            include=_globs(body, "include"),
+            exclude=_globs(body, "exclude"),
+            workers=_workers(body, "workers"),
+            chunk_size=_chunk_size(body, "chunk_size"),
+        )
+    )
+    if wait:
+        await job.done.wait()
+        if job.state != "completed":
+            return _failure(job)
+        return jsonify(job.to_json()), 200
+    return jsonify(job.to_json()), 202, {"Location": f"/v1/downloads/{job.id}"}
+
+
+@blueprint.get("/v1/downloads")
+async def list_downloads() -> Response:
+    return jsonify({"object": "list", "data": [job.to_json() for job in _manager().list()]})
+
+
+@blueprint.get("/v1/downloads/<job_id>")
+async def get_download(job_id: str) -> Response:
+    return jsonify(_manager().get(job_id).to_json())
+
+
+@blueprint.delete("/v1/downloads/<job_id>")
+async def cancel_download(job_id: str) -> Response:
+    job = _manager().cancel(job_id)
+    with trio.move_on_after(CANCEL_WAIT):
+        await job.done.wait()
+    return jsonify(job.to_json())
+
+
+# -- Kthena ------------------------------------------------------------------------------------------------------
+
+
+@blueprint.post("/v1/download_model")
+async def kthena_download_model() -> tuple[Response, int]:
+    body = await _body()
+    source = _required_str(body, "source")
+    output_dir_raw = _required_str(body, "output_dir")
+    output_dir = confine(_model_root(), output_dir_raw, "output_dir")
+    config = _config(body, "config")
+    workers = _workers(body, "max_workers")
+    async_download = _bool(body, "async_download", False)
+    job = await _manager().submit(DownloadRequest(source=source, dest=output_dir, config=config, workers=workers))
+    shape = {"source": job.source, "output_dir": str(output_dir), "job_id": job.id}
+    if async_download:
+        return jsonify({"status": "started", "message": f"download of {job.source} started", **shape}), 202
+    await job.done.wait()
+    if job.state != "completed":
+        message = job.error.message if job.error else f"download job {job.id} was {job.state}"
+        return _failure(job, {"status": "failed", "message": message, **shape})
+    return jsonify({"status": "completed", "message": f"downloaded {job.source} to {output_dir}", **shape}), 200
+
+
+# -- AIBrix ------------------------------------------------------------------------------------------------------
+
+# download_extra_config keys outrider itself acts on; the rest (credentials, endpoint, revision...) go to the store.
+_AIBRIX_OWN_KEYS = ("num_threads", "allow_file_suffix", "force_download")
+
+
+def _aibrix_status(job: Job) -> str:
+    return {"completed": "downloaded", "queued": "downloading", "running": "downloading"}.get(job.state, job.state)
+
+
+@blueprint.post("/v1/model/download")
+async def aibrix_model_download() -> tuple[Response, int]:
+    body = await _body()
+    model_uri = _required_str(body, "model_uri")
+    root = _model_root()
+    local_dir_raw = _optional_str(body, "local_dir")
+    model_name = _optional_str(body, "model_name") or model_uri.rstrip("/").rsplit("/", 1)[-1]
+    if not model_name or "/" in model_name or "\\" in model_name or model_name in (".", ".."):
+        raise InvalidRequest(f"model_name must be one directory name, got {model_name!r}", field="model_name")
+    base = root if local_dir_raw is None else str(confine(root, local_dir_raw, "local_dir"))
+    dest = confine(root, os.path.join(base, model_name), "model_name")
+    config = _config(body, "download_extra_config") or {}
+    workers = _workers(config, "num_threads")
+    suffixes = config.get("allow_file_suffix")
+    if suffixes is not None and not isinstance(suffixes, str | list):
+        raise InvalidRequest("allow_file_suffix must be a list or a comma-separated string", field="allow_file_suffix")
+    store_config = {k: v for k, v in config.items() if k not in _AIBRIX_OWN_KEYS}
+    job = await _manager().submit(
+        DownloadRequest(
+            source=model_uri,
+            dest=dest,
+            config=store_config or None,
+            workers=workers,
+            suffixes=None if suffixes is None else _suffix_tuple(suffixes),
+        )
+    )
+    answer = {
+        "model_name": model_name,
+        "model_root_path": str(dest),
+        "source": job.source,
+        "model_status": _aibrix_status(job),
+    }
+    return jsonify(answer), 200
+
+
+def _suffix_tuple(value: str | list[Any]) -> tuple[str, ...]:
+    joined = value if isinstance(value, str) else ",".join(str(v) for v in value)
+    return parse_suffixes(joined)
+
+
+@blueprint.get("/v1/model/list")
+async def aibrix_model_list() -> Response:
+    manager = _manager()
+    root = Path(_model_root())
+    found = await trio.to_thread.run_sync(_downloaded_dirs, root)
+    cards: dict[Path, dict[str, Any]] = {}
+    for path, record in found:
+        cards[path] = {
+            "model_name": path.name,
+            "model_root_path": str(path),
+            "source": record.source,
+            "model_status": "downloaded" if record.complete else "incomplete",
+        }
+    for job in manager.list():  # the newest job for a directory decides its status
+        if job.active or job.dest not in cards or job.state == "failed":
+            cards[job.dest] = {
+                "model_name": job.dest.name,
+                "model_root_path": str(job.dest),
+                "source": job.source,
+                "model_status": _aibrix_status(job),
+            }
+    return jsonify({"object": "list", "data": sorted(cards.values(), key=lambda c: c["model_root_path"])})
+
+
+def _downloaded_dirs(root: Path) -> list[tuple[Path, state.Record]]:
+    """Thread: directories under `root` that carry a download record (not descending into them)."""
+    out: list[tuple[Path, state.Record]] = []
+    if not root.is_dir():
+        return out
+    for current, dirs, _files in os.walk(root):
+        here = Path(current)
+        record = state.load_record(here) if here != root else None
+        if record is not None:
+            out.append((here, record))
+            dirs[:] = []
+        elif len(here.relative_to(root).parts) >= _LIST_DEPTH:
+            dirs[:] = []
+    return out

@@ -1,0 +1,478 @@
+"""Chunked, parallel, resumable ranged reads into part files, then verification and atomic publish.
+
+Every file is cut into chunks of `chunk_size` bytes. `workers` trio tasks take chunks in file order (so the first
+files finish, and are published, first) and fetch each in one worker thread: the thread iterates the source's
+`read_range` and `os.pwrite`s each piece (<= PIECE_SIZE) at its offset into `<file>.part`, checking a stop flag
+between pieces. Memory is therefore bounded by workers x PIECE_SIZE whatever the model size.
+
+Resources and errors:
+- Each ranged read holds a token of the shared `limiter` (one per read in flight, across all jobs) from the trio
+  side while its thread runs; an abandoned read returns its token at once. Each thread opens and closes its own
+  file descriptor, so an abandoned thread can never write through a reused descriptor number.
+- A `SourceTransientError` is retried for that chunk from the byte it got to, with exponential backoff and jitter,
+  up to `max_attempts` failures in a row without progress. Any other `SourceError` fails the download at once.
+- A read that delivers nothing for `stall_timeout` seconds is abandoned (its thread told to stop) and retried:
+  stores are expected to time out their own reads, this is the backstop.
+- Cancellation (trio) abandons the reading threads at once and sets their stop flags; no file is ever renamed to
+  its final name before its size and (when the store offers one) checksum are verified.
+- Finished chunks are recorded in the manifest every `manifest_interval` seconds, after an fdatasync of the part.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import trio
+
+from outrider.errors import InsufficientStorage, OutriderError, SourceError, SourceTransientError, VerificationFailed
+from outrider.settings import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
+from outrider.sources.base import PIECE_SIZE, RemoteFile, Source
+from outrider.transfer import checksums, state
+from outrider.transfer.paths import join_under
+from outrider.transfer.progress import FileProgress, Progress
+
+log = logging.getLogger(__name__)
+
+# Verification reads whole files back and hashes them: CPU-bound, so no more of them than this at once
+# (and not under the network limiter, where a hash pass would hold a ranged-read slot idle).
+VERIFY_THREADS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferOptions:
+    workers: int = DEFAULT_DOWNLOAD_WORKERS
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    # Failures in a row (without a byte of progress) before a chunk, and so the download, gives up.
+    max_attempts: int = 6
+    backoff_initial: float = 0.25
+    backoff_max: float = 10.0
+    stall_timeout: float = 120.0
+    manifest_interval: float = 1.0
+
+
+class Stopped(OutriderError):
+    """The download was told to stop (cancel or shutdown) while a thread was working."""
+
+    status = 499
+    type = "cancelled"
+
+
+class LocalIOError(OutriderError):
+    """Writing under the destination failed (permissions, I/O error): the store is not to blame."""
+
+    type = "local_io_error"
+
+
+def local_error(exc: OSError, dest: Path) -> OutriderError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"no space left under {dest}")
+    return LocalIOError(f"writing under {dest}: {exc.strerror or exc}")
+
+
+def chunk_bounds(size: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
+
+
+@dataclasses.dataclass(eq=False)
+class _Attempt:
+    """One thread's go at the rest of a chunk; the thread advances `pos`, trio may set `cancelled`."""
+
+    pos: int
+    end: int
+    last_piece: float = dataclasses.field(default_factory=time.monotonic)
+    cancelled: bool = False
+    scope: trio.CancelScope | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class _FileTask:
+    remote: RemoteFile
+    final: Path
+    manifest: state.Manifest
+    chunks: list[tuple[int, int]]
+    progress: FileProgress
+    # Hashes the bytes as they are written when the file is one chunk fetched from its start; else None and the
+    # checksum is computed by reading the finished part file back.
+    digest: checksums.Digest | None
+    dirty: bool = False
+    # Multi-chunk files with a checksum are hashed by a follower task as their finished prefix grows, so the hash
+    # pass overlaps the download instead of following it; `changed` wakes it after each finished chunk.
+    changed: trio.Event = dataclasses.field(default_factory=trio.Event)
+    hashed: trio.Event | None = None
+    followed: checksums.Digest | None = None
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i in range(len(self.chunks)) if i not in self.manifest.done]
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class Transfer:
+    """Fetches files of a source into a destination directory. One instance is shared by all jobs."""
+
+    def __init__(
+        self,
+        options: TransferOptions,
+        limiter: trio.CapacityLimiter | None = None,
+        verify_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.options = options
+        self.limiter = limiter or trio.CapacityLimiter(options.workers)
+        self.verify_limiter = verify_limiter or trio.CapacityLimiter(VERIFY_THREADS)
+        # Reads hold a `limiter` token from the trio side, so an abandoned (stalled) read gives its slot back at
+        # once and the retry need not wait for the stuck thread. This bounds the threads themselves, stuck or not.
+        self.thread_limiter = trio.CapacityLimiter(4 * options.workers + 16)
+
+    async def fetch(
+        self,
+        source: Source,
+        files: list[RemoteFile],
+        dest: Path,
+        progress: Progress,
+        stop: threading.Event,
+        on_published: Callable[[RemoteFile], Awaitable[None]],
+        *,
+        workers: int | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        """Fetch, verify and publish `files` under `dest`; `on_published` runs after each file's rename."""
+        run = _Run(self, source, dest, progress, stop, on_published, chunk_size or self.options.chunk_size)
+        await run.go(files, min(workers or self.options.workers, self.options.workers))
+
+
+class _Run:
+    """One call to Transfer.fetch: its queue of chunks, its watchdog and its manifest flusher."""
+
+    def __init__(
+        self,
+        transfer: Transfer,
+        source: Source,
+        dest: Path,
+        progress: Progress,
+        stop: threading.Event,
+        on_published: Callable[[RemoteFile], Awaitable[None]],
+        chunk_size: int,
+    ) -> None:
+        self.t = transfer
+        self.opts = transfer.options
+        self.source = source
+        self.dest = dest
+        self.progress = progress
+        self.stop = stop
+        self.on_published = on_published
+        self.chunk_size = chunk_size
+        self.tasks: list[_FileTask] = []
+        self.queue: collections.deque[tuple[_FileTask, int]] = collections.deque()
+        self.active: set[_Attempt] = set()
+        self.error: BaseException | None = None
+        # Held while manifests are written, so a file's manifest is not rewritten after its publish removed it.
+        self.flush_lock = trio.Lock()
+        self.scope = trio.CancelScope()  # replaced by the run's nursery scope
+        self.work: trio.Nursery
+
+    async def go(self, files: list[RemoteFile], workers: int) -> None:
+        try:
+            self.tasks = await trio.to_thread.run_sync(self._prepare_all, files)
+        except OSError as exc:
+            raise local_error(exc, self.dest) from None
+        for task in self.tasks:
+            self.queue.extend((task, i) for i in task.missing)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.scope = nursery.cancel_scope
+                nursery.start_soon(self._guard, self._watchdog)
+                nursery.start_soon(self._guard, self._flusher)
+                async with trio.open_nursery() as work:
+                    self.work = work
+                    for task in self.tasks:
+                        if task.hashed is not None:
+                            work.start_soon(self._guard, self._follow, task)
+                        if not task.missing:  # resumed with every chunk done, or an empty file
+                            work.start_soon(self._guard, self._finish, task)
+                    for _ in range(min(workers, len(self.queue))):
+                        work.start_soon(self._guard, self._worker)
+                nursery.cancel_scope.cancel()
+        finally:
+            # Keep what was fetched for a resume, even when cancelled (shutdown); bounded, shielded.
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self._flush()
+        if self.error is not None:
+            raise self.error
+
+    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Record the first error and stop everything else, rather than raise it through an exception group."""
+        try:
+            await fn(*args)
+        except (OutriderError, OSError) as exc:
+            if self.error is None:
+                self.error = local_error(exc, self.dest) if isinstance(exc, OSError) else exc
+            self.scope.cancel()
+
+    # -- preparation (thread) --------------------------------------------------------------------------------
+
+    def _prepare_all(self, files: list[RemoteFile]) -> list[_FileTask]:
+        tasks = []
+        for remote in files:
+            if self.stop.is_set():
+                raise Stopped("download stopped")
+            tasks.append(self._prepare(remote))
+        return tasks
+
+    def _prepare(self, remote: RemoteFile) -> _FileTask:
+        final = join_under(self.dest, remote.path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        manifest = state.load_manifest(final, remote, self.chunk_size)
+        if manifest is None:
+            state.remove_partial(final)
+            fd = os.open(state.part_path(final), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, remote.size)  # sparse: chunks land at their offsets in any order
+            finally:
+                os.close(fd)
+            manifest = state.Manifest(state.remote_identity(remote), self.chunk_size, set())
+            state.save_manifest(final, manifest)
+        chunks = chunk_bounds(remote.size, self.chunk_size)
+        resumed = sum(end - start for i, (start, end) in enumerate(chunks) if i in manifest.done)
+        entry = self.progress.files.get(remote.path) or self.progress.add_file(remote.path, remote.size)
+        entry.done, entry.state = resumed, "fetching"
+        inline = len(chunks) <= 1 and not manifest.done  # one chunk (or none): written in order, hash inline
+        digest = checksums.new_digest(remote.checksum) if inline else None
+        task = _FileTask(remote, final, manifest, chunks, entry, digest)
+        if not inline and len(chunks) > 1 and checksums.new_digest(remote.checksum) is not None:
+            task.hashed = trio.Event()
+        return task
+
+    # -- fetching --------------------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while self.queue:
+            task, index = self.queue.popleft()
+            await self._fetch_chunk(task, index)
+            task.manifest.done.add(index)
+            task.dirty = True
+            task.changed.set()
+            task.changed = trio.Event()
+            if len(task.manifest.done) == len(task.chunks):
+                self.work.start_soon(self._guard, self._finish, task)
+
+    async def _fetch_chunk(self, task: _FileTask, index: int) -> None:
+        pos, end = task.chunks[index]
+        failures = 0
+        while True:
+            attempt = _Attempt(pos, end)
+            try:
+                await self._run_attempt(task, attempt)
+                return
+            except SourceTransientError as exc:
+                failures = 1 if attempt.pos > pos else failures + 1
+                if failures >= self.opts.max_attempts:
+                    raise SourceTransientError(
+                        f"{task.remote.path}: giving up after {failures} failed reads: {exc.message}"
+                    ) from None
+                delay = min(self.opts.backoff_max, self.opts.backoff_initial * 2 ** (failures - 1))
+                log.info("%s: %s; retrying in %.2fs", task.remote.path, exc.message, delay)
+                await trio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: retries of many chunks spread out
+            finally:
+                attempt.cancelled = True  # whatever happened, that thread must not write any more
+            pos = attempt.pos
+
+    async def _run_attempt(self, task: _FileTask, attempt: _Attempt) -> None:
+        with trio.CancelScope() as scope:
+            attempt.scope = scope
+            self.active.add(attempt)
+            try:
+                async with self.t.limiter:
+                    attempt.last_piece = time.monotonic()  # the stall clock starts with the read, not the queue
+                    await trio.to_thread.run_sync(
+                        self._read_into_part, task, attempt, abandon_on_cancel=True, limiter=self.t.thread_limiter
+                    )
+            except Stopped:
+                await trio.lowlevel.checkpoint()  # a pending cancel wins over our own word for it
+                raise
+            finally:
+                self.active.discard(attempt)
+        if scope.cancelled_caught:  # only the watchdog cancels this scope
+            task.digest = None  # the abandoned thread may still feed it: verify by reading back instead
+            raise SourceTransientError(f"no data for {self.opts.stall_timeout:g}s")
+
+    def _read_into_part(self, task: _FileTask, attempt: _Attempt) -> None:
+        """Thread: read [attempt.pos, attempt.end) of the remote file into the part file at the same offsets."""
+        if attempt.cancelled or self.stop.is_set():
+            raise Stopped("download stopped")
+        fd = os.open(state.part_path(task.final), os.O_WRONLY)
+        pieces: Iterator[bytes] = self.source.read_range(task.remote.path, attempt.pos, attempt.end)
+        try:
+            for piece in pieces:
+                if attempt.cancelled or self.stop.is_set():
+                    raise Stopped("download stopped")
+                if len(piece) > attempt.end - attempt.pos:
+                    raise SourceError(f"{self.source.display}: {task.remote.path}: the store sent more than asked")
+                _pwrite_all(fd, piece, attempt.pos)
+                if task.digest is not None:
+                    task.digest.update(piece)
+                attempt.pos += len(piece)
+                attempt.last_piece = time.monotonic()
+                self.progress.add(task.progress, len(piece))
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # releases the store's connection when we stop early
+            os.close(fd)
+        if attempt.pos != attempt.end:
+            raise SourceTransientError(f"{task.remote.path}: the read ended early at byte {attempt.pos}")
+
+    async def _watchdog(self) -> None:
+        interval = min(1.0, self.opts.stall_timeout / 4)
+        while True:
+            await trio.sleep(interval)
+            now = time.monotonic()
+            for attempt in list(self.active):
+                if now - attempt.last_piece > self.opts.stall_timeout and attempt.scope is not None:
+                    attempt.cancelled = True
+                    attempt.scope.cancel()
+
+    # -- manifests -------------------------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            await trio.sleep(self.opts.manifest_interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self.flush_lock:
+            dirty = [t for t in self.tasks if t.dirty and t.progress.state == "fetching"]
+            if not dirty:
+                return
+            snapshots = []
+            for task in dirty:
+                task.dirty = False
+                snapshots.append((task.final, dataclasses.replace(task.manifest, done=set(task.manifest.done))))
+            await trio.to_thread.run_sync(_save_manifests, snapshots)
+
+    # -- verification and publish ----------------------------------------------------------------------------
+
+    async def _follow(self, task: _FileTask) -> None:
+        """Hash the file's finished prefix as it grows (reading back what the workers wrote, from page cache)."""
+        assert task.hashed is not None
+        digest = checksums.new_digest(task.remote.checksum)
+        assert digest is not None
+        index = 0
+        while index < len(task.chunks):
+            if index not in task.manifest.done:
+                await task.changed.wait()
+                continue
+            last = index
+            while last + 1 < len(task.chunks) and last + 1 in task.manifest.done:
+                last += 1
+            start, end = task.chunks[index][0], task.chunks[last][1]
+            try:
+                await trio.to_thread.run_sync(self._hash_range, task, digest, start, end, limiter=self.t.verify_limiter)
+            except Stopped:
+                await trio.lowlevel.checkpoint()
+                raise
+            index = last + 1
+        task.followed = digest
+        task.hashed.set()
+
+    def _hash_range(self, task: _FileTask, digest: checksums.Digest, start: int, end: int) -> None:
+        fd = os.open(state.part_path(task.final), os.O_RDONLY)
+        try:
+            while start < end:
+                if self.stop.is_set():
+                    raise Stopped("download stopped")
+                piece = os.pread(fd, min(PIECE_SIZE * 4, end - start), start)
+                if not piece:
+                    raise VerificationFailed(f"{task.remote.path}: the part file is shorter than {end} bytes")
+                digest.update(piece)
+                start += len(piece)
+        finally:
+            os.close(fd)
+
+    async def _finish(self, task: _FileTask) -> None:
+        if task.hashed is not None:
+            await task.hashed.wait()
+        task.progress.state = "verifying"
+        try:
+            await trio.to_thread.run_sync(self._verify_and_publish, task, limiter=self.t.verify_limiter)
+        except Stopped:
+            await trio.lowlevel.checkpoint()
+            raise
+        task.progress.state = "published"
+        async with self.flush_lock:
+            await trio.to_thread.run_sync(_unlink_quietly, state.manifest_path(task.final))
+        await self.on_published(task.remote)
+
+    def _verify_and_publish(self, task: _FileTask) -> None:
+        """Thread: check size and checksum of the part file, then fsync and rename it over the final name."""
+        part = state.part_path(task.final)
+        remote = task.remote
+        fd = os.open(part, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size != remote.size:
+                state.remove_partial(task.final)
+                raise VerificationFailed(f"{remote.path}: {size} bytes on disk, the store listed {remote.size}")
+            if remote.checksum is not None:
+                digest = task.digest or task.followed or self._digest_file(fd, remote)
+                if digest is not None and not checksums.matches(remote.checksum, digest.value()):
+                    state.remove_partial(task.final)
+                    raise VerificationFailed(
+                        f"{remote.path}: {remote.checksum.algorithm} mismatch: the store says "
+                        f"{remote.checksum.value}, the bytes received give {digest.value()}"
+                    )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(part, task.final)
+        state.fsync_dir(task.final.parent)
+
+    def _digest_file(self, fd: int, remote: RemoteFile) -> checksums.Digest | None:
+        digest = checksums.new_digest(remote.checksum)
+        if digest is None:
+            return None
+        offset = 0
+        while offset < remote.size:
+            if self.stop.is_set():
+                raise Stopped("download stopped")
+            piece = os.pread(fd, PIECE_SIZE * 4, offset)
+            if not piece:
+                break
+            digest.update(piece)
+            offset += len(piece)
+        return digest
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _save_manifests(snapshots: list[tuple[Path, state.Manifest]]) -> None:
+    """Thread: flush each part file's data, then record its finished chunks (never the other way round)."""
+    for final, manifest in snapshots:
+        try:
+            fd = os.open(state.part_path(final), os.O_WRONLY)
+        except FileNotFoundError:
+            continue  # published (or removed) meanwhile
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        state.save_manifest(final, manifest)

@@ -1,0 +1,305 @@
+"""Download jobs: one per destination, run in the service's root nursery, with progress, cancel and de-duplication.
+
+`JobManager.run` is a long-lived loop started with `nursery.start`; each job runs in its nursery and owns its
+failures (recorded on the job, never raised into the nursery). `submit` does the request-time work in threads
+(open the source, list it, compare with the destination, check free space) so that a bad request is answered
+with its own 4xx before any job exists. Two requests for the same destination share one job when they ask for the
+same source and filters; a different one while the first is active is a 409 (overlapping destinations count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from outrider.errors import Conflict, NotFound, OutriderError
+from outrider.metrics.own import DownloadMetrics, download_failure_reason
+from outrider.settings import DownloadSettings
+from outrider.transfer import download, state
+from outrider.transfer.engine import Transfer, TransferOptions
+from outrider.transfer.opener import SourceOpener
+from outrider.transfer.paths import join_under
+from outrider.transfer.plan import Filters
+from outrider.transfer.progress import Progress
+
+log = logging.getLogger(__name__)
+
+JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+# Finished jobs kept for GET /v1/downloads; older ones are forgotten (their directories keep their records).
+FINISHED_JOBS_KEPT = 200
+# Opening and listing sources for requests: not under the ranged-read limiter, so a busy download cannot make a
+# new request wait for a slot just to be validated.
+CONTROL_THREADS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadRequest:
+    source: str
+    dest: Path  # already confined to the model root
+    config: Mapping[str, object] | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    workers: int | None = None
+    chunk_size: int | None = None
+    suffixes: tuple[str, ...] | None = None  # None: the operator's allow-list (--allow-file-suffix)
+
+
+def _iso(ts: float | None) -> str | None:
+    return (
+        None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    )
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    id: str
+    source: str  # the display form: no credentials
+    revision: str | None
+    dest: Path
+    filters: Filters
+    progress: Progress
+    state: str = "queued"
+    error: OutriderError | None = None
+    created_at: float = dataclasses.field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    cancel_scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "id": self.id,
+            "state": self.state,
+            "source": self.source,
+            "revision": self.revision,
+            "dest": str(self.dest),
+            "include": list(self.filters.include),
+            "exclude": list(self.filters.exclude),
+            "bytes_done": p.done,
+            "bytes_total": p.total,
+            "bytes_fetched": p.fetched,
+            "rate_bytes_per_second": round(p.rate(), 1) if self.started_at else 0.0,
+            "eta_seconds": None if not self.active or self.started_at is None else _round(p.eta()),
+            "files": [f.to_json() for f in p.files.values()],
+            "error": None if self.error is None else self.error.to_json()["error"],
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+class JobManager:
+    """Owns every download job of the process and the limiters they share."""
+
+    def __init__(
+        self,
+        settings: DownloadSettings,
+        opener: SourceOpener,
+        metrics: DownloadMetrics | None = None,
+        options: TransferOptions | None = None,
+    ) -> None:
+        self.settings = settings
+        self.opener = opener
+        self.metrics = metrics
+        self.transfer = Transfer(options or TransferOptions(workers=settings.workers, chunk_size=settings.chunk_size))
+        self._control = trio.CapacityLimiter(CONTROL_THREADS)
+        self._jobs: dict[str, Job] = {}
+        self._nursery: trio.Nursery | None = None
+        self._ids = itertools.count(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the jobs' nursery until cancelled (shutdown); jobs then stop, keeping their parts for a resume."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+                for job in self._jobs.values():
+                    job.stop.set()  # threads that are not abandoned notice between pieces
+
+    # -- queries ---------------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no download job {job_id!r}", field="id")
+        return job
+
+    def list(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def active_for(self, dest: Path) -> Job | None:
+        return next((j for j in self._jobs.values() if j.active and j.dest == dest), None)
+
+    # -- commands --------------------------------------------------------------------------------------------
+
+    async def submit(self, request: DownloadRequest) -> Job:
+        """Validate, plan and start a download (or join the identical one in progress); returns its job."""
+        if self._nursery is None:
+            raise OutriderError("the download service is not running")
+        suffixes = self.settings.allow_suffixes if request.suffixes is None else request.suffixes
+        filters = Filters(suffixes, request.include, request.exclude)
+        source = await trio.to_thread.run_sync(self.opener, request.source, request.config, limiter=self._control)
+        try:
+            joined = self._join_or_refuse(request.dest, source.display, filters)
+            if joined is not None:
+                await trio.to_thread.run_sync(source.close, limiter=self._control)
+                return joined
+            chunk_size = request.chunk_size or self.transfer.options.chunk_size
+            prepared = await trio.to_thread.run_sync(
+                download.prepare, source, filters, request.dest, chunk_size, limiter=self._control
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(source.close, limiter=self._control)
+            raise
+        # No await between this check and the insertion: two requests cannot both pass it.
+        joined = self._join_or_refuse(request.dest, source.display, filters)
+        if joined is not None:
+            await trio.to_thread.run_sync(source.close, limiter=self._control)
+            return joined
+        progress = Progress(self.metrics.bytes.inc if self.metrics else None)
+        job = Job(
+            id=f"dl-{next(self._ids)}-{secrets.token_hex(3)}",
+            source=source.display,
+            revision=source.revision,
+            dest=request.dest,
+            filters=filters,
+            progress=download.progress_for(prepared, progress),
+        )
+        self._jobs[job.id] = job
+        self._forget_old()
+        if prepared.record.complete:  # asked again for what is already here and current: nothing to do
+            job.state = "completed"
+            job.started_at = job.finished_at = time.time()
+            job.progress.finished = time.monotonic()
+            job.done.set()
+            await trio.to_thread.run_sync(source.close, limiter=self._control)
+            return job
+        if self.metrics:
+            self.metrics.active.inc()
+        self._nursery.start_soon(self._run_job, job, prepared, request)
+        return job
+
+    async def fetch(self, source: str, config: Mapping[str, object] | None, dest: Path) -> Path:
+        """Download `source` into `dest` and return `dest` once every file is verified and published; raises the
+        job's error otherwise. This is how LoRA adapters that are not on the shared volume arrive (`dest` is
+        confined by the caller). A `max_workers` key in `config` (Kthena's field) sets the job's workers."""
+        options = dict(config or {})
+        workers = options.pop("max_workers", None)
+        job = await self.submit(
+            DownloadRequest(
+                source=source,
+                dest=dest,
+                config=options or None,
+                workers=workers if isinstance(workers, int) and not isinstance(workers, bool) else None,
+            )
+        )
+        await job.done.wait()
+        if job.state != "completed":
+            raise job.error or OutriderError(f"download of {job.source} ended {job.state}")
+        return dest
+
+    def _join_or_refuse(self, dest: Path, display: str, filters: Filters) -> Job | None:
+        for job in self._jobs.values():
+            if not job.active or not _overlap(job.dest, dest):
+                continue
+            if job.dest == dest and job.source == display and job.filters == filters:
+                return job
+            raise Conflict(
+                f"a download of {job.source} into {job.dest} is in progress (job {job.id}); "
+                "wait for it or cancel it first",
+                field="dest",
+            )
+        return None
+
+    def cancel(self, job_id: str) -> Job:
+        """Stop a job promptly; its part files are removed. A finished job is returned unchanged."""
+        job = self.get(job_id)
+        if job.active:
+            job.stop.set()
+            job.cancel_scope.cancel()
+        return job
+
+    # -- the job itself --------------------------------------------------------------------------------------
+
+    async def _run_job(self, job: Job, prepared: download.Prepared, request: DownloadRequest) -> None:
+        """Run one job to its end; every failure is recorded on the job (the loop owns its failures)."""
+        job.state = "running"
+        job.started_at = time.time()
+        job.progress.started = time.monotonic()
+        try:
+            with job.cancel_scope:
+                await download.run(
+                    prepared,
+                    self.transfer,
+                    job.progress,
+                    job.stop,
+                    workers=request.workers,
+                    chunk_size=request.chunk_size,
+                )
+                job.state = "completed"
+            if job.cancel_scope.cancelled_caught:
+                job.state = "cancelled"
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_remove_parts, prepared)
+        except OutriderError as exc:
+            job.state, job.error = "failed", exc
+            log.warning("download %s of %s into %s failed: %s", job.id, job.source, job.dest, exc.message)
+        except Exception as exc:
+            job.state = "failed"
+            job.error = OutriderError("internal error during the download; see the outrider log")
+            log.error("download %s failed unexpectedly", job.id, exc_info=exc)
+        finally:
+            job.finished_at = time.time()
+            job.progress.finished = time.monotonic()
+            self._account(job)
+            job.done.set()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(prepared.source.close, limiter=self._control)
+
+    def _account(self, job: Job) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.active.dec()
+        self.metrics.files.inc(sum(1 for f in job.progress.files.values() if f.state == "published"))
+        if job.state == "completed":
+            self.metrics.duration.observe(job.progress.elapsed())
+        elif job.state == "failed":
+            self.metrics.failures.labels(download_failure_reason(job.error)).inc()
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self._jobs.values() if not j.active]
+        for job in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
+            del self._jobs[job.id]
+
+
+def _remove_parts(prepared: download.Prepared) -> None:
+    for remote in prepared.pending:
+        state.remove_partial(join_under(prepared.dest, remote.path))

@@ -1,0 +1,169 @@
+"""What survives a crash: the resume manifest beside each part file, and the record of a finished directory.
+
+Both are small JSON files replaced atomically (write a temporary, fsync it, rename over, fsync the directory), so a
+reader sees the old or the new content and never a torn one. All functions here block; call them from threads.
+
+- `<file>.part` holds the bytes being fetched, at their offsets; `<file>.part.json` lists the chunks that are in it
+  (written only after the part file's data is flushed), with the remote size/version/checksum they belong to.
+  A restart fetches only the missing chunks, or starts the file over when the remote file changed.
+- `<dest>/.outrider-download.json` records the source (display form: no secrets), the revision and every published
+  file with its size, version and checksum. A file whose record entry matches the listing and whose size on disk is
+  right is not fetched again; one that changed remotely is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from outrider.sources.base import Checksum, RemoteFile
+
+RECORD_NAME = ".outrider-download.json"
+PART_SUFFIX = ".part"
+MANIFEST_SUFFIX = ".part.json"
+_FORMAT = 1
+
+
+def part_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+def manifest_path(final: Path) -> Path:
+    return final.with_name(final.name + MANIFEST_SUFFIX)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    payload = json.dumps(data, indent=1, sort_keys=True).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # missing or unreadable: treated as absent, the safe direction (fetch again)
+    return data if isinstance(data, dict) else None
+
+
+def _checksum_json(checksum: Checksum | None) -> dict[str, str] | None:
+    return None if checksum is None else {"algorithm": checksum.algorithm, "value": checksum.value}
+
+
+def remote_identity(remote: RemoteFile) -> dict[str, Any]:
+    """What must be unchanged for bytes fetched earlier to still be good."""
+    return {"size": remote.size, "version": remote.version, "checksum": _checksum_json(remote.checksum)}
+
+
+@dataclasses.dataclass
+class Manifest:
+    """The finished chunks of one part file."""
+
+    identity: dict[str, Any]
+    chunk_size: int
+    done: set[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": _FORMAT, **self.identity, "chunk_size": self.chunk_size, "done": sorted(self.done)}
+
+
+def load_manifest(final: Path, remote: RemoteFile, chunk_size: int) -> Manifest | None:
+    """The manifest for `final` if it belongs to this remote file and chunk size and its part file is intact."""
+    data = _read_json(manifest_path(final))
+    if data is None or data.get("format") != _FORMAT or data.get("chunk_size") != chunk_size:
+        return None
+    identity = remote_identity(remote)
+    if any(data.get(k) != v for k, v in identity.items()):
+        return None
+    try:
+        if os.stat(part_path(final)).st_size != remote.size:
+            return None
+    except OSError:
+        return None
+    done = data.get("done")
+    if not isinstance(done, list) or not all(isinstance(i, int) for i in done):
+        return None
+    return Manifest(identity, chunk_size, set(done))
+
+
+def save_manifest(final: Path, manifest: Manifest) -> None:
+    write_json_atomic(manifest_path(final), manifest.to_json())
+
+
+def remove_partial(final: Path) -> None:
+    """Drop a file's part and manifest (a cancelled or failed fetch, or a remote change)."""
+    for path in (manifest_path(final), part_path(final)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@dataclasses.dataclass
+class Record:
+    """The record file of one destination directory."""
+
+    source: str
+    revision: str | None
+    files: dict[str, dict[str, Any]]
+    complete: bool = False
+
+    def is_current(self, dest: Path, remote: RemoteFile, final: Path) -> bool:
+        """Is `final` already the published copy of `remote`? (listing unchanged and size on disk right)"""
+        entry = self.files.get(remote.path)
+        if entry != remote_identity(remote):
+            return False
+        try:
+            return os.stat(final).st_size == remote.size
+        except OSError:
+            return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "source": self.source,
+            "revision": self.revision,
+            "complete": self.complete,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": self.files,
+        }
+
+
+def load_record(dest: Path) -> Record | None:
+    data = _read_json(dest / RECORD_NAME)
+    if data is None or data.get("format") != _FORMAT or not isinstance(data.get("files"), dict):
+        return None
+    return Record(
+        source=str(data.get("source", "")),
+        revision=data.get("revision") if isinstance(data.get("revision"), str) else None,
+        files={k: v for k, v in data["files"].items() if isinstance(v, dict)},
+        complete=data.get("complete") is True,
+    )
+
+
+def save_record(dest: Path, record: Record) -> None:
+    write_json_atomic(dest / RECORD_NAME, record.to_json())

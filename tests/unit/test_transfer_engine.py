@@ -1,0 +1,246 @@
+"""The transfer engine against an in-memory store: byte-exact results, faults, resume, verification, publish."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from outrider.errors import SourceAccessDenied, SourceTransientError, VerificationFailed
+from outrider.sources.base import Checksum
+from outrider.transfer import download, state
+from outrider.transfer.engine import Transfer, TransferOptions
+from outrider.transfer.plan import Filters
+from outrider.transfer.progress import Progress
+from tests.fakes.sources import MemorySource
+
+CHUNK = 256 * 1024
+PIECE = 64 * 1024
+FAST = TransferOptions(workers=4, chunk_size=CHUNK, backoff_initial=0.01, backoff_max=0.05, manifest_interval=0.05)
+
+
+def tree() -> dict[str, bytes]:
+    rnd = os.urandom
+    return {
+        "config.json": b'{"architectures": ["LlamaForCausalLM"]}',
+        "model-00001-of-00002.safetensors": rnd(3 * CHUNK + 12345),
+        "model-00002-of-00002.safetensors": rnd(2 * CHUNK),
+        "tokenizer/tokenizer.json": rnd(1000),
+        "empty.txt": b"",
+    }
+
+
+NO_FILTERS = Filters()
+
+
+async def fetch(
+    source: MemorySource, dest: Path, options: TransferOptions = FAST, filters: Filters = NO_FILTERS
+) -> Progress:
+    prepared = await trio.to_thread.run_sync(download.prepare, source, filters, dest, options.chunk_size)
+    progress = download.progress_for(prepared, Progress())
+    await download.run(prepared, Transfer(options), progress, threading.Event())
+    return progress
+
+
+def assert_tree(dest: Path, files: dict[str, bytes]) -> None:
+    for path, data in files.items():
+        assert hashlib.sha256((dest / path).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest(), path
+    leftovers = [p.name for p in dest.rglob("*") if p.name.endswith((".part", ".part.json", ".tmp"))]
+    assert leftovers == []
+
+
+def final_names(dest: Path) -> set[str]:
+    """Files under their final names (part files and manifests excluded)."""
+    return {
+        str(p.relative_to(dest))
+        for p in dest.rglob("*")
+        if p.is_file() and not p.name.endswith((".part", ".part.json"))
+    }
+
+
+async def test_multi_file_tree_arrives_byte_exact_with_a_record(tmp_path: Path) -> None:
+    files = tree()
+    source = MemorySource(files, piece_size=PIECE)
+    progress = await fetch(source, tmp_path / "m")
+    assert_tree(tmp_path / "m", files)
+    record = json.loads((tmp_path / "m" / state.RECORD_NAME).read_text())
+    assert record["complete"] is True and record["source"] == "mem://bucket/model"
+    big = "model-00001-of-00002.safetensors"
+    assert record["files"][big]["size"] == len(files[big])
+    assert record["files"][big]["checksum"]["value"] == hashlib.sha256(files[big]).hexdigest()
+    # Within a file the reads are ranged chunks, not one whole-file GET.
+    expected = [(0, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 3 * CHUNK), (3 * CHUNK, 3 * CHUNK + 12345)]
+    assert sorted(source.reads_of(big)) == expected
+    assert progress.done == progress.total == sum(len(d) for d in files.values())
+    assert {f.state for f in progress.files.values()} == {"published"}
+
+
+async def test_asking_again_is_a_no_op_and_a_changed_file_is_fetched_again(tmp_path: Path) -> None:
+    files = tree()
+    source = MemorySource(files, piece_size=PIECE)
+    await fetch(source, tmp_path / "m")
+    source.reads.clear()
+    await fetch(source, tmp_path / "m")
+    assert source.reads == []
+    changed = "model-00002-of-00002.safetensors"
+    files[changed] = os.urandom(len(files[changed]))  # same size: only the version tells
+    source.versions[changed] = "v2"
+    await fetch(source, tmp_path / "m")
+    assert {p for p, _, _ in source.reads} == {changed}
+    assert_tree(tmp_path / "m", files)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [["fail", "fail", "fail"], ["reset"], ["reset", "fail", "reset"], ["stall"]],
+    ids=["500-burst", "reset", "mixed", "stall"],
+)
+async def test_transient_faults_are_retried_per_chunk(tmp_path: Path, script: list[str]) -> None:
+    files = tree()
+    source = MemorySource(files, piece_size=PIECE)
+    big = "model-00001-of-00002.safetensors"
+    source.script_for[big] = collections.deque(script)
+    options = TransferOptions(
+        workers=2, chunk_size=CHUNK, backoff_initial=0.01, backoff_max=0.05, stall_timeout=0.3, manifest_interval=0.05
+    )
+    try:
+        with trio.fail_after(10):  # a stall must be cut short by the watchdog, not wait out the fake's 30 s
+            await fetch(source, tmp_path / "m", options)
+    finally:
+        source.release.set()
+    assert_tree(tmp_path / "m", files)
+    assert len(source.reads_of(big)) == 4 + len(script)
+
+
+async def test_a_reset_resumes_from_the_byte_it_reached(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    source = MemorySource({"one.bin": data}, piece_size=PIECE)
+    source.script.extend(["reset"])
+    await fetch(source, tmp_path / "m")
+    assert source.reads_of("one.bin") == [(0, CHUNK), (CHUNK // 2, CHUNK)]
+    assert (tmp_path / "m" / "one.bin").read_bytes() == data
+
+
+async def test_transient_faults_give_up_after_bounded_attempts(tmp_path: Path) -> None:
+    source = MemorySource({"one.bin": os.urandom(1000)})
+    source.script.extend(["fail"] * 50)
+    with pytest.raises(SourceTransientError, match="giving up after 6 failed reads"):
+        await fetch(source, tmp_path / "m")
+    assert len(source.reads) == FAST.max_attempts
+    assert not (tmp_path / "m" / "one.bin").exists()
+
+
+async def test_permanent_errors_fail_fast_with_the_store_message(tmp_path: Path) -> None:
+    files = tree()
+    source = MemorySource(files, piece_size=PIECE)
+    source.script.extend(["deny"] * 100)
+    with pytest.raises(SourceAccessDenied, match="403 Forbidden"):
+        await fetch(source, tmp_path / "m")
+    assert len(source.reads) <= FAST.workers  # no retries of a 403
+    assert final_names(tmp_path / "m") <= {state.RECORD_NAME, "empty.txt"}  # empty.txt needs no read
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "md5", "crc64ecma"])
+async def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, algorithm: str) -> None:
+    files = {"a.safetensors": os.urandom(3 * CHUNK), "b.json": b"{}"}
+    source = MemorySource(files, piece_size=PIECE)
+    source.listed_checksums["a.safetensors"] = Checksum(algorithm, "1234" if algorithm == "crc64ecma" else "ab" * 16)
+    source.listed_checksums["b.json"] = Checksum(algorithm, "5678" if algorithm == "crc64ecma" else "cd" * 16)
+    with pytest.raises(VerificationFailed, match=f"{algorithm} mismatch"):
+        await fetch(source, tmp_path / "m")
+    assert final_names(tmp_path / "m") <= {state.RECORD_NAME}
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "crc64ecma"])
+async def test_store_checksums_of_every_kind_verify(tmp_path: Path, algorithm: str) -> None:
+    from outrider.transfer.checksums import new_digest
+
+    files = {"multi.bin": os.urandom(3 * CHUNK + 1), "single.bin": os.urandom(1000)}
+    source = MemorySource(files, piece_size=PIECE, checksum=None)
+    for path, data in files.items():
+        digest = new_digest(Checksum(algorithm, ""))
+        assert digest is not None
+        digest.update(data)
+        source.listed_checksums[path] = Checksum(algorithm, digest.value())
+    await fetch(source, tmp_path / "m")
+    assert_tree(tmp_path / "m", files)
+
+
+async def test_short_file_on_disk_is_refused(tmp_path: Path) -> None:
+    source = MemorySource({"a.bin": os.urandom(1000)})
+    source.listed_sizes["a.bin"] = 1500  # the store lists more than it then serves: the read ends early
+    source.checksum = None
+    with pytest.raises(SourceTransientError, match="ended early"):
+        await fetch(source, tmp_path / "m")
+    assert not (tmp_path / "m" / "a.bin").exists()
+
+
+async def test_resume_fetches_only_missing_chunks(tmp_path: Path) -> None:
+    data = os.urandom(8 * CHUNK)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE)
+    source.script.extend(["ok"] * 3 + ["deny"])
+    options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=60)
+    with pytest.raises(SourceAccessDenied):
+        await fetch(source, tmp_path / "m", options)
+    manifest = json.loads((tmp_path / "m" / "big.bin.part.json").read_text())
+    assert manifest["done"] == [0, 1, 2]  # saved on the way out although the interval had not come round
+    source.reads.clear()
+    await fetch(source, tmp_path / "m", options)
+    assert source.reads_of("big.bin") == [(i * CHUNK, (i + 1) * CHUNK) for i in range(3, 8)]
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+async def test_resume_starts_over_when_the_remote_file_changed(tmp_path: Path) -> None:
+    source = MemorySource({"big.bin": os.urandom(4 * CHUNK)}, piece_size=PIECE)
+    source.script.extend(["ok", "deny"])
+    options = TransferOptions(workers=1, chunk_size=CHUNK)
+    with pytest.raises(SourceAccessDenied):
+        await fetch(source, tmp_path / "m", options)
+    source.files["big.bin"] = new = os.urandom(4 * CHUNK)
+    source.versions["big.bin"] = "v2"
+    source.reads.clear()
+    await fetch(source, tmp_path / "m", options)
+    assert len(source.reads_of("big.bin")) == 4
+    assert (tmp_path / "m" / "big.bin").read_bytes() == new
+
+
+async def test_cancel_stops_promptly_and_publishes_nothing_partial(tmp_path: Path) -> None:
+    data = os.urandom(16 * CHUNK)
+    source = MemorySource({"big.bin": data, "small.json": b"{}"}, piece_size=PIECE)
+    source.script_for["big.bin"] = collections.deque(["stall"] * 4)
+    stop = threading.Event()
+    prepared = await trio.to_thread.run_sync(download.prepare, source, Filters(), tmp_path / "m", CHUNK)
+    progress = download.progress_for(prepared, Progress())
+    with trio.move_on_after(0.5) as scope:
+        await download.run(prepared, Transfer(FAST), progress, stop)
+    assert scope.cancelled_caught
+    source.release.set()
+    assert not (tmp_path / "m" / "big.bin").exists()
+
+
+@pytest.mark.parametrize("listed_right", [True, False])
+async def test_after_an_abandoned_read_the_checksum_is_computed_by_reading_back(
+    tmp_path: Path, listed_right: bool
+) -> None:
+    data = os.urandom(CHUNK)
+    source = MemorySource({"one.bin": data}, piece_size=PIECE)
+    if not listed_right:
+        source.listed_checksums["one.bin"] = Checksum("sha256", "0" * 64)
+    source.script.append("stall")  # half the bytes, then a hang: the inline hash cannot be trusted any more
+    options = TransferOptions(workers=1, chunk_size=CHUNK, stall_timeout=0.3, backoff_initial=0.01)
+    try:
+        if listed_right:
+            await fetch(source, tmp_path / "m", options)
+            assert (tmp_path / "m" / "one.bin").read_bytes() == data
+        else:
+            with pytest.raises(VerificationFailed):
+                await fetch(source, tmp_path / "m", options)
+            assert not (tmp_path / "m" / "one.bin").exists()
+    finally:
+        source.release.set()
