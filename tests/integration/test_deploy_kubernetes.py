@@ -36,7 +36,7 @@ SGLANG = KUSTOMIZE / "overlays" / "sglang"
 # The oldest Kubernetes we claim, and the newest whose schemas kubernetes-validate 1.37.0 carries.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 
-# PENDING: OUTRIDER_* variables for settings being built in parallel (not accepted on main yet). Reported, not failed.
+# PENDING: OUTRIDER_* variables a manifest may set before the setting lands (reported, not failed).
 PENDING_ENV: dict[str, str] = {}
 
 _DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
