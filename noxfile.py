@@ -74,6 +74,7 @@ def bench(session: nox.Session) -> None:
     session.run("bash", str(ROOT / "bench" / "install_aibrix.sh"), str(AIBRIX_VENV), external=True)
     aibrix = str(AIBRIX_VENV / "bin" / "python")
     session.run("python", "bench/metrics_bench.py", "--aibrix-python", aibrix, *session.posargs)
+    session.run("python", "bench/download_bench.py", "--aibrix-python", aibrix)
     session.run("python", "bench/lora_bench.py")
     session.run("python", "bench/kv_events_bench.py")
 
