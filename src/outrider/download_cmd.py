@@ -138,7 +138,11 @@ async def _download(command: Command, opener: SourceOpener, out: TextIO) -> int:
         await trio.to_thread.run_sync(source.close)
         return _fail(exc, out)
     progress = download.progress_for(prepared, Progress())
-    transfer = Transfer(TransferOptions(workers=settings.workers, chunk_size=settings.chunk_size))
+    transfer = Transfer(
+        TransferOptions(
+            workers=settings.workers, chunk_size=settings.chunk_size, verify_checksums=settings.verify_checksums
+        )
+    )
     error: OutriderError | None = None
     try:
         async with trio.open_nursery() as nursery:

@@ -43,6 +43,7 @@ class DownloadSettings:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     allow_request_endpoints: bool = False  # may a request's `config` name its own store endpoint (SSRF risk)?
     allow_suffixes: tuple[str, ...] = ()  # only files ending in one of these; empty = every file
+    verify_checksums: bool = True  # --verify checksum (default) or size
     # The pod's own store credentials and endpoints from its env (Kthena and AIBrix spellings); a request's
     # `config` overrides them, and they are never sent to an endpoint a request names (see sources/options.py).
     source_defaults: SourceOptions = dataclasses.field(default_factory=SourceOptions, repr=False)
@@ -229,7 +230,16 @@ def download_settings(raw: Mapping[str, str | None]) -> DownloadSettings:
         chunk_size=parse_size(raw.get("chunk_size") or str(DEFAULT_CHUNK_SIZE), "--chunk-size"),
         allow_request_endpoints=parse_bool(raw.get("allow_request_endpoints") or "false", "--allow-request-endpoints"),
         allow_suffixes=parse_suffixes(raw.get("allow_file_suffix") or ""),
+        verify_checksums=parse_verify(raw.get("verify") or "checksum"),
     )
+
+
+def parse_verify(raw: str) -> bool:
+    """--verify: `checksum` (sizes and the store's content checksums) or `size` (sizes only); True for checksum."""
+    value = raw.strip().lower()
+    if value not in ("checksum", "size"):
+        raise SettingsError(f"--verify: expected checksum or size, got {raw!r}")
+    return value == "checksum"
 
 
 def from_raw(raw: Mapping[str, str | None]) -> Settings:

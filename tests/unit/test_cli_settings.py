@@ -108,3 +108,11 @@ def test_bad_settings_name_the_setting(argv: list[str], needle: str) -> None:
         settings_for(argv)
     message = str(info.value)
     assert needle in message and "\n" not in message
+
+
+def test_verify_mode() -> None:
+    assert settings_for(["-E", "vllm"]).downloads.verify_checksums is True
+    assert settings_for(["-E", "vllm", "--verify", "size"]).downloads.verify_checksums is False
+    assert settings_for(["-E", "vllm"], {"OUTRIDER_VERIFY": "size"}).downloads.verify_checksums is False
+    with pytest.raises(SettingsError, match="--verify"):
+        settings_for(["-E", "vllm", "--verify", "none"])

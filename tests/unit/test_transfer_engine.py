@@ -244,3 +244,17 @@ async def test_after_an_abandoned_read_the_checksum_is_computed_by_reading_back(
             assert not (tmp_path / "m" / "one.bin").exists()
     finally:
         source.release.set()
+
+
+async def test_verify_size_skips_content_checksums(tmp_path: Path) -> None:
+    # --verify size: a listed checksum that does not match is not checked (the operator chose to save the
+    # hashing); the same download fails under the default (test_checksum_mismatch_fails_and_publishes_nothing).
+    import dataclasses
+
+    files = {"a.safetensors": os.urandom(3 * CHUNK), "b.json": b"{}"}
+    source = MemorySource(files, piece_size=PIECE)
+    source.listed_checksums["a.safetensors"] = Checksum("md5", "ab" * 16)
+    source.listed_checksums["b.json"] = Checksum("md5", "cd" * 16)
+    sizes_only = dataclasses.replace(FAST, verify_checksums=False)
+    await fetch(source, tmp_path / "m", options=sizes_only)
+    assert_tree(tmp_path / "m", files)

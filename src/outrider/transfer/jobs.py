@@ -125,7 +125,12 @@ class JobManager:
         self.settings = settings
         self.opener = opener
         self.metrics = metrics
-        self.transfer = Transfer(options or TransferOptions(workers=settings.workers, chunk_size=settings.chunk_size))
+        self.transfer = Transfer(
+            options
+            or TransferOptions(
+                workers=settings.workers, chunk_size=settings.chunk_size, verify_checksums=settings.verify_checksums
+            )
+        )
         self._control = trio.CapacityLimiter(CONTROL_THREADS)
         self._jobs: dict[str, Job] = {}
         self._nursery: trio.Nursery | None = None
