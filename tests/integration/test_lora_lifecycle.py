@@ -160,7 +160,7 @@ async def test_wait_reports_the_engines_refusal_and_keeps_the_declaration(
 async def test_native_api_rejects_bad_requests(nursery: trio.Nursery, vllm: FakeLoraEngine, root: Path) -> None:
     o = await start_outrider(nursery, lora_settings(vllm, root))
     cases: list[tuple[str, str, object, int, str | None]] = [
-        ("PUT", "/v1/adapters/a", b"{not json", 400, None),
+        ("PUT", "/v1/adapters/a", b"{not json", 400, "body"),
         ("PUT", "/v1/adapters/a", {"source": 5}, 400, "source"),
         ("PUT", "/v1/adapters/a", {}, 400, "source"),
         ("PUT", "/v1/adapters/a", {"source": "pvc://a", "config": [1]}, 400, "config"),

@@ -16,24 +16,31 @@ async def json_object(*, optional: bool = False) -> dict[str, Any]:
     if not raw.strip():
         if optional:
             return {}
-        raise InvalidRequest("request body must be a JSON object")
+        raise InvalidRequest("request body must be a JSON object", field="body")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON") from None
+        raise InvalidRequest("request body is not valid JSON", field="body") from None
     if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
+        raise InvalidRequest("request body must be a JSON object", field="body")
     return body
 
 
 def string_field(body: dict[str, Any], field: str, *, required: bool = True) -> str | None:
+    """A string field; absent, null and "" all count as not given (the peers' clients send "" for unset)."""
     value = body.get(field)
-    if value is None:
+    if value is None or value == "":
         if required:
             raise InvalidRequest(f"Missing required parameter: {field}", field=field)
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"{field} must be a string", field=field)
+    return value
+
+
+def required_string(body: dict[str, Any], field: str) -> str:
+    value = string_field(body, field)
+    assert value is not None  # string_field raises for a missing required field
     return value
 
 

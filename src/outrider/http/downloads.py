@@ -13,16 +13,16 @@ non-JSON body or a wrong type is a 400 naming the field, never a 500.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Response, current_app, jsonify
 
 from outrider.errors import InvalidRequest, OutriderError, error_body
+from outrider.http.body import config_field, json_object, required_string, string_field
 from outrider.runtime import Runtime
 from outrider.settings import MAX_DOWNLOAD_WORKERS, SettingsError, parse_size, parse_suffixes
 from outrider.transfer import state
@@ -39,35 +39,6 @@ _LIST_DEPTH = 4
 
 
 # -- body parsing -----------------------------------------------------------------------------------------------
-
-
-async def _body() -> dict[str, Any]:
-    raw = await request.get_data()
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest("the request body must be a JSON object", field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object", field="body")
-    return body
-
-
-def _required_str(body: Mapping[str, Any], name: str) -> str:
-    value = body.get(name)
-    if value is None or value == "":
-        raise InvalidRequest(f"Missing required parameter: {name}", field=name)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string", field=name)
-    return value
-
-
-def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string", field=name)
-    return value
 
 
 def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -111,21 +82,6 @@ def _globs(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _config(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
-    """A JSON object, or a string holding one (Kthena's clients send a string; its docs show an object)."""
-    value = body.get(name)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise InvalidRequest(f"{name} must be a JSON object or a string holding one", field=name) from None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{name} must be a JSON object or a string holding one", field=name)
-    return value
-
-
 # -- shared ------------------------------------------------------------------------------------------------------
 
 
@@ -163,18 +119,18 @@ def _failure(job: Job, extra: Mapping[str, Any] | None = None) -> tuple[Response
 
 @blueprint.post("/v1/downloads")
 async def create_download() -> tuple[Response, int, dict[str, str]] | tuple[Response, int]:
-    body = await _body()
+    body = await json_object()
     unknown = sorted(set(body) - _NATIVE_FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
-    source = _required_str(body, "source")
-    dest = confine(_model_root(), _required_str(body, "dest"), "dest")
+    source = required_string(body, "source")
+    dest = confine(_model_root(), required_string(body, "dest"), "dest")
     wait = _bool(body, "wait", False)
     job = await _manager().submit(
         DownloadRequest(
             source=source,
             dest=dest,
-            config=_config(body, "config"),
+            config=config_field(body, "config"),
             include=_globs(body, "include"),
             exclude=_globs(body, "exclude"),
             workers=_workers(body, "workers"),
@@ -212,11 +168,11 @@ async def cancel_download(job_id: str) -> Response:
 
 @blueprint.post("/v1/download_model")
 async def kthena_download_model() -> tuple[Response, int]:
-    body = await _body()
-    source = _required_str(body, "source")
-    output_dir_raw = _required_str(body, "output_dir")
+    body = await json_object()
+    source = required_string(body, "source")
+    output_dir_raw = required_string(body, "output_dir")
     output_dir = confine(_model_root(), output_dir_raw, "output_dir")
-    config = _config(body, "config")
+    config = config_field(body, "config")
     workers = _workers(body, "max_workers")
     async_download = _bool(body, "async_download", False)
     job = await _manager().submit(DownloadRequest(source=source, dest=output_dir, config=config, workers=workers))
@@ -242,16 +198,16 @@ def _aibrix_status(job: Job) -> str:
 
 @blueprint.post("/v1/model/download")
 async def aibrix_model_download() -> tuple[Response, int]:
-    body = await _body()
-    model_uri = _required_str(body, "model_uri")
+    body = await json_object()
+    model_uri = required_string(body, "model_uri")
     root = _model_root()
-    local_dir_raw = _optional_str(body, "local_dir")
-    model_name = _optional_str(body, "model_name") or model_uri.rstrip("/").rsplit("/", 1)[-1]
+    local_dir_raw = string_field(body, "local_dir", required=False)
+    model_name = string_field(body, "model_name", required=False) or model_uri.rstrip("/").rsplit("/", 1)[-1]
     if not model_name or "/" in model_name or "\\" in model_name or model_name in (".", ".."):
         raise InvalidRequest(f"model_name must be one directory name, got {model_name!r}", field="model_name")
     base = root if local_dir_raw is None else str(confine(root, local_dir_raw, "local_dir"))
     dest = confine(root, os.path.join(base, model_name), "model_name")
-    config = _config(body, "download_extra_config") or {}
+    config = config_field(body, "download_extra_config") or {}
     workers = _workers(config, "num_threads")
     suffixes = config.get("allow_file_suffix")
     if suffixes is not None and not isinstance(suffixes, str | list):
