@@ -6,12 +6,21 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
-from outrider.errors import InvalidRequest, SourceError, SourceTransientError
+from outrider.errors import (
+    InvalidRequest,
+    SourceAccessDenied,
+    SourceError,
+    SourceNotFound,
+    SourceTransientError,
+)
 from outrider.sources.base import PIECE_SIZE
 from outrider.sources.options import SourceOptions
 
 # HTTP statuses a retry may fix besides 5xx: request timeout and throttling.
 TRANSIENT_STATUSES = frozenset({408, 429})
+# Error codes the S3 dialect shares (S3, OBS and TOS all answer with these).
+NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound"})
+DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
 # Extra connections beyond the worker count: listing and metadata calls run beside the ranged reads.
 POOL_HEADROOM = 4
 # Seconds to wait for a connection, and for bytes on an open one, before calling the attempt failed.
@@ -98,3 +107,22 @@ def scrub(message: str, secrets: Iterable[str]) -> str:
         if secret and len(secret) >= 4:
             message = message.replace(secret, "***")
     return message
+
+
+def store_error(
+    message: str,
+    code: str,
+    status: int,
+    *,
+    denied: frozenset[str] = DENIED_CODES,
+    not_found: frozenset[str] = NOT_FOUND_CODES,
+    transient: frozenset[str] = frozenset(),
+) -> SourceError:
+    """The source error for a store's answer: its error code first, then its HTTP status."""
+    if code in denied or status in (401, 403):
+        return SourceAccessDenied(message)
+    if code in not_found or status == 404:
+        return SourceNotFound(message)
+    if status >= 500 or status in TRANSIENT_STATUSES or code in transient:
+        return SourceTransientError(message)
+    return SourceError(message)

@@ -26,10 +26,9 @@ from typing import Any, NoReturn
 
 from obs import GetObjectHeader, ObsClient
 
-from outrider.errors import InvalidSource, SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
+from outrider.errors import InvalidSource, SourceError, SourceNotFound, SourceTransientError
 from outrider.sources._common import (
     READ_TIMEOUT,
-    TRANSIENT_STATUSES,
     check_range,
     is_local_host,
     key_for,
@@ -38,6 +37,7 @@ from outrider.sources._common import (
     repieced,
     scrub,
     secrets_of,
+    store_error,
 )
 from outrider.sources.base import PIECE_SIZE, RemoteFile, Source
 from outrider.sources.options import SourceOptions
@@ -45,8 +45,6 @@ from outrider.sources.s3 import md5_from_etag
 from outrider.sources.uri import BucketRef
 
 DEFAULT_REGION = "region"  # the SDK's own default; V4 scopes need a value, OBS ignores it for path-style
-_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound"})
-_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
 _LIST_PAGE = 1000
 
 
@@ -89,13 +87,7 @@ class ObsSource(Source):
         code = result.errorCode or ""
         detail = scrub(f"{code or status}: {result.errorMessage or result.reason or 'no message'}", self._secrets)
         message = f"{self.display}: {what}: {detail}"
-        if code in _DENIED_CODES or status in (401, 403):
-            raise SourceAccessDenied(message)
-        if code in _NOT_FOUND_CODES or status == 404:
-            raise SourceNotFound(message)
-        if status >= 500 or status in TRANSIENT_STATUSES:
-            raise SourceTransientError(message)
-        raise SourceError(message)
+        raise store_error(message, code, status)
 
     def _raise_transport(self, exc: Exception, what: str) -> NoReturn:
         if isinstance(exc, SourceError):

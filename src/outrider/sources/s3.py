@@ -26,9 +26,10 @@ from botocore.config import Config
 from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
 from outrider.sources._common import (
     CONNECT_TIMEOUT,
+    DENIED_CODES,
+    NOT_FOUND_CODES,
     POOL_HEADROOM,
     READ_TIMEOUT,
-    TRANSIENT_STATUSES,
     check_range,
     key_for,
     list_prefix,
@@ -36,6 +37,7 @@ from outrider.sources._common import (
     repieced,
     scrub,
     secrets_of,
+    store_error,
 )
 from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
 from outrider.sources.options import SourceOptions
@@ -43,20 +45,9 @@ from outrider.sources.uri import BucketRef
 
 DEFAULT_REGION = "us-east-1"
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound", "404"})
-_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "AllAccessDisabled",
-        "403",
-        "401",
-    }
-)
+# botocore reports some failures by bare status ("404", "403") and AWS adds token and account codes.
+_NOT_FOUND_CODES = NOT_FOUND_CODES | {"404"}
+_DENIED_CODES = DENIED_CODES | {"InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "403", "401"}
 _THROTTLE_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable", "InternalError"}
 )
@@ -84,13 +75,9 @@ def raise_for_botocore(exc: Exception, display: str, secrets: tuple[str, ...], w
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         detail = scrub(f"{code or status}: {error.get('Message') or 'no message'}", secrets)
         message = f"{display}: {what}: {detail}"
-        if code in _DENIED_CODES or status in (401, 403):
-            raise SourceAccessDenied(message) from None
-        if code in _NOT_FOUND_CODES or status == 404:
-            raise SourceNotFound(message) from None
-        if status >= 500 or status in TRANSIENT_STATUSES or code in _THROTTLE_CODES:
-            raise SourceTransientError(message) from None
-        raise SourceError(message) from None
+        raise store_error(
+            message, code, status, denied=_DENIED_CODES, not_found=_NOT_FOUND_CODES, transient=_THROTTLE_CODES
+        ) from None
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         raise SourceAccessDenied(f"{display}: {what}: no credentials were given and none were found") from None
     if isinstance(exc, _TRANSPORT_ERRORS):

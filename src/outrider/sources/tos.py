@@ -18,12 +18,11 @@ from typing import Any, NoReturn
 import tos
 from tos.exceptions import TosClientError, TosServerError
 
-from outrider.errors import InvalidSource, SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
+from outrider.errors import InvalidSource, SourceError, SourceNotFound, SourceTransientError
 from outrider.sources._common import (
     CONNECT_TIMEOUT,
     POOL_HEADROOM,
     READ_TIMEOUT,
-    TRANSIENT_STATUSES,
     check_range,
     is_local_host,
     key_for,
@@ -32,13 +31,12 @@ from outrider.sources._common import (
     repieced,
     scrub,
     secrets_of,
+    store_error,
 )
 from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
 from outrider.sources.options import SourceOptions
 from outrider.sources.uri import BucketRef
 
-_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound"})
-_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
 _LIST_PAGE = 1000
 
 
@@ -77,13 +75,7 @@ class TosSource(Source):
             code = exc.code or ""
             detail = scrub(f"{code or status}: {exc.message or 'no message'}", self._secrets)
             message = f"{self.display}: {what}: {detail}"
-            if code in _DENIED_CODES or status in (401, 403):
-                raise SourceAccessDenied(message) from None
-            if code in _NOT_FOUND_CODES or status == 404:
-                raise SourceNotFound(message) from None
-            if status >= 500 or status in TRANSIENT_STATUSES:
-                raise SourceTransientError(message) from None
-            raise SourceError(message) from None
+            raise store_error(message, code, status) from None
         if isinstance(exc, TosClientError):
             cause = exc.cause
             detail = scrub(f"{exc.message}: {cause}" if cause else str(exc.message), self._secrets)
