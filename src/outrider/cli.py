@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from outrider import __version__
@@ -99,6 +100,32 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         ("--shutdown-grace",),
         ("OUTRIDER_SHUTDOWN_GRACE",),
         "seconds in-flight requests get at shutdown (default 1)",
+    ),
+    Option(
+        "api_token",
+        ("--api-token",),
+        ("OUTRIDER_API_TOKEN",),
+        "bearer token required by every route that changes state (prefer the env or --api-token-file: flags show "
+        "in `ps`)",
+    ),
+    Option(
+        "api_token_file",
+        ("--api-token-file",),
+        ("OUTRIDER_API_TOKEN_FILE",),
+        "file holding the API token, e.g. a mounted Secret",
+    ),
+    Option(
+        "protect_metrics",
+        ("--protect-metrics",),
+        ("OUTRIDER_PROTECT_METRICS",),
+        "require the API token on /metrics too (probes stay open)",
+        switch=True,
+    ),
+    Option(
+        "max_body_size",
+        ("--max-body-size",),
+        ("OUTRIDER_MAX_BODY_SIZE",),
+        "largest request body accepted (default 1MiB)",
     ),
     Option(
         "adapters_file",
@@ -265,6 +292,12 @@ def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
     raw.update({dest: environ.get(name) or None for dest, name in REDIS_ENV.items()})
     if not raw["pod"]:
         raw["pod"] = socket.gethostname()
+    token_file = raw.pop("api_token_file", None)
+    if token_file and not raw.get("api_token"):
+        try:
+            raw["api_token"] = Path(token_file).read_text()
+        except OSError as exc:
+            raise SettingsError(f"--api-token-file: cannot read {token_file}: {exc.strerror}") from None
     settings = from_raw(raw)
     downloads = dataclasses.replace(settings.downloads, source_defaults=source_defaults(environ))
     return dataclasses.replace(settings, downloads=downloads)

@@ -67,6 +67,11 @@ class Settings:
     metrics_prefix: str = "outrider"
     log_level: str = "info"
     shutdown_grace: float = 1.0
+    # The control API: a bearer token for state-changing routes (None: open), whether /metrics needs it too, and
+    # the largest request body accepted. repr=False: the token must never reach a log line.
+    api_token: str | None = dataclasses.field(default=None, repr=False)
+    protect_metrics: bool = False
+    max_body_size: int = 1024 * 1024
     # LoRA adapters: the declared set in a file (optional), how often the engine is checked against it, and the
     # shared volume adapters live on (the engine mounts it at the same path and is handed paths under it).
     adapters_file: str | None = None
@@ -234,6 +239,16 @@ def download_settings(raw: Mapping[str, str | None]) -> DownloadSettings:
     )
 
 
+def parse_api_token(raw: str | None) -> str | None:
+    """The API token as given (its file already read by cli.py); None when unset. Never echoed in errors."""
+    if raw is None or raw == "":
+        return None
+    token = raw.strip()
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise SettingsError("--api-token: must be at least 16 characters with no white space")
+    return token
+
+
 def parse_verify(raw: str) -> bool:
     """--verify: `checksum` (sizes and the store's content checksums) or `size` (sizes only); True for checksum."""
     value = raw.strip().lower()
@@ -289,6 +304,9 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
         metrics_prefix=prefix,
         log_level=log_level,
         shutdown_grace=parse_seconds(get("shutdown_grace", "1"), "--shutdown-grace"),
+        api_token=parse_api_token(raw.get("api_token")),
+        protect_metrics=parse_bool(get("protect_metrics", "false"), "--protect-metrics"),
+        max_body_size=parse_size(get("max_body_size", "1MiB"), "--max-body-size"),
         adapters_file=raw.get("adapters_file") or None,
         adapter_sync_interval=parse_seconds(get("adapter_sync_interval", "5"), "--adapter-sync-interval"),
         adapter_root=parse_dir(get("adapter_root", "/adapters"), "--adapter-root"),

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from outrider.errors import OutriderError, error_body
 from outrider.http import adapters, compat_lora, downloads
+from outrider.http.guard import Guard
 from outrider.http.hot import ASGIApp, HotRoutes
 from outrider.runtime import Runtime
 
@@ -18,9 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def create_asgi(runtime: Runtime) -> ASGIApp:
-    """What hypercorn serves: the hot routes (probes, /metrics) in front of the Quart app."""
+    """What hypercorn serves: the guard (token, body limit), then the hot routes (probes, /metrics), then Quart."""
+    settings = runtime.settings
     # Quart types its ASGI signature with TypedDict events; at run time it is the plain ASGI callable.
-    return HotRoutes(cast(ASGIApp, create_app(runtime)), runtime)
+    hot = HotRoutes(cast(ASGIApp, create_app(runtime)), runtime)
+    return Guard(
+        hot, token=settings.api_token, protect_metrics=settings.protect_metrics, max_body_size=settings.max_body_size
+    )
 
 
 def route_paths(runtime: Runtime) -> set[str]:
@@ -32,6 +37,7 @@ def route_paths(runtime: Runtime) -> set[str]:
 def create_app(runtime: Runtime) -> QuartTrio:
     app = QuartTrio("outrider")
     app.config["RUNTIME"] = runtime
+    app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_size  # bodies with no declared length
     app.register_blueprint(adapters.blueprint)
     app.register_blueprint(compat_lora.blueprint)
     app.register_blueprint(downloads.blueprint)

@@ -1,0 +1,69 @@
+"""The outermost layer of the API: the optional bearer token and the request body limit.
+
+It wraps everything hypercorn serves (the hot routes and the Quart app), so no route escapes it. In a pod network
+anyone can reach the sidecar; with `--api-token` set, every request that changes state (any method but GET, HEAD
+and OPTIONS) must carry `Authorization: Bearer <token>`: none, or another scheme, is 401 with a
+`WWW-Authenticate` challenge; a wrong token is 403. Probes and, unless `--protect-metrics`, `/metrics` stay open:
+Kubernetes and Prometheus must reach them without a secret. The token is compared in constant time and never logged.
+
+Bodies declared larger than `--max-body-size` are refused here with 413 before a byte is read; bodies without a
+declared length are capped by Quart's MAX_CONTENT_LENGTH (set to the same limit), which answers 413 the same way.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from outrider.errors import error_body
+from outrider.http.hot import ASGIApp, Receive, Scope, Send
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PROBES = frozenset({"/health", "/healthz", "/ready"})
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, *, token: str | None, protect_metrics: bool, max_body_size: int) -> None:
+        self._app = app
+        self._token = token.encode() if token else None
+        self._protect_metrics = protect_metrics
+        self._max_body = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                status, headers, body = refusal
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self._app(scope, receive, send)
+
+    def needs_token(self, method: str, path: str) -> bool:
+        if self._token is None or path in PROBES:
+            return False
+        return method not in READ_METHODS or (self._protect_metrics and path == "/metrics")
+
+    def _refusal(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        headers = dict(scope.get("headers", ()))  # ASGI header names are lower-case bytes
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self._max_body:
+            message = f"request body of {int(declared)} bytes is over the limit of {self._max_body}"
+            return _json(413, error_body("payload_too_large", message, "body"))
+        if not self.needs_token(scope["method"], scope.get("path", "")):
+            return None
+        assert self._token is not None
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not credentials.strip():
+            status, head, body = _json(
+                401, error_body("unauthorized", "this route needs Authorization: Bearer <token>")
+            )
+            return status, [*head, (b"www-authenticate", b'Bearer realm="outrider"')], body
+        if not hmac.compare_digest(credentials.strip(), self._token):
+            return _json(403, error_body("forbidden", "the bearer token is not valid for this API"))
+        return None
+
+
+def _json(status: int, body: dict[str, object]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    data = json.dumps(body).encode()
+    return status, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))], data
