@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from outrider.cli import build_parser, serve_settings
@@ -116,3 +118,21 @@ def test_verify_mode() -> None:
     assert settings_for(["-E", "vllm"], {"OUTRIDER_VERIFY": "size"}).downloads.verify_checksums is False
     with pytest.raises(SettingsError, match="--verify"):
         settings_for(["-E", "vllm", "--verify", "none"])
+
+
+def test_api_token_from_env_file_and_flag(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-a-mounted-secret-0123\n")
+    assert settings_for(["-E", "vllm"]).api_token is None
+    assert settings_for(["-E", "vllm", "--api-token-file", str(secret)]).api_token == "from-a-mounted-secret-0123"
+    env = {"OUTRIDER_API_TOKEN": "from-the-environment-0123", "OUTRIDER_API_TOKEN_FILE": str(secret)}
+    assert settings_for(["-E", "vllm"], env).api_token == "from-the-environment-0123"  # the value wins over a file
+    assert "from-the-environment" not in repr(settings_for(["-E", "vllm"], env))
+
+
+def test_bad_api_token_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_for(["-E", "vllm", "--api-token", "short"])
+    assert "short" not in str(info.value)
+    with pytest.raises(SettingsError, match="--api-token-file"):
+        settings_for(["-E", "vllm", "--api-token-file", str(tmp_path / "missing")])
