@@ -12,41 +12,20 @@ import math
 
 import trio
 
+from tests.fakes.loopback import LoopbackServer
+
 MAX_HEAD = 64 * 1024
 
 
-class FakeEngine:
+class FakeEngine(LoopbackServer):
     def __init__(self, page: str, model: str = "tiny") -> None:
+        super().__init__()
         self.page = page
         self.model = model
         self.delay = 0.0  # seconds before answering /metrics
         self.status = 200
-        self.port = 0
         self.metrics_requests = 0
         self.seen_headers: list[dict[str, str]] = []
-        self._scope: trio.CancelScope | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        """Listen (on the previous port when restarting) and serve in `nursery` until `stop`."""
-        self._scope = await nursery.start(self._serve)
-
-    def stop(self) -> None:
-        """Close the listener and drop connections in progress: the engine is down."""
-        if self._scope is not None:
-            self._scope.cancel()
-            self._scope = None
-
-    async def _serve(self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
-            self.port = listeners[0].socket.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                task_status.started(scope)
-                await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:

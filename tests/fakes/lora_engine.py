@@ -32,6 +32,8 @@ from typing import Any
 
 import trio
 
+from tests.fakes.loopback import LoopbackServer
+
 MAX_HEAD = 64 * 1024
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
 
@@ -45,8 +47,9 @@ class Call:
     status: int = 0
 
 
-class FakeLoraEngine:
+class FakeLoraEngine(LoopbackServer):
     def __init__(self, flavor: str = "vllm", model: str = "tiny", model_root: str = "/models/tiny") -> None:
+        super().__init__()
         assert flavor in ("vllm", "sglang")
         self.flavor = flavor
         self.model = model
@@ -57,23 +60,8 @@ class FakeLoraEngine:
         self.calls: list[Call] = []
         self.models_requests = 0
         self.seen_headers: list[dict[str, str]] = []
-        self.port = 0
-        self._scope: trio.CancelScope | None = None
 
     # ----- steering from the test --------------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        """Listen (on the previous port when restarting) and serve in `nursery` until `stop`."""
-        self._scope = await nursery.start(self._serve)
-
-    def stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-            self._scope = None
 
     def forget(self) -> None:
         """What a restart does: every adapter loaded at run time is gone."""
@@ -86,14 +74,6 @@ class FakeLoraEngine:
         return [c for c in self.calls if c.route == "unload" and (name is None or c.name == name)]
 
     # ----- HTTP --------------------------------------------------------------------------------------------------
-
-    async def _serve(self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
-            self.port = listeners[0].socket.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                task_status.started(scope)
-                await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
