@@ -9,10 +9,9 @@ import pytest
 
 from outrider.errors import SourceAccessDenied, SourceNotFound, SourceTransientError
 from outrider.sources import Source, SourceOptions, env_defaults, open_source, parse_source, resolve_options
-from outrider.sources.base import PIECE_SIZE
 from tests.servers.huggingface import HubRepo, HubServer
 from tests.servers.moto import free_port
-from tests.servers.tree import BIG, BIG_SIZE, model_tree, sha256_hex
+from tests.servers.tree import BIG, BIG_RANGES, model_tree, read_all, sha256_hex
 
 TOKEN = "hf_localvalidtoken0000"
 SECRET_MARK = "hf_s3cr3t_never_shown"
@@ -43,12 +42,6 @@ def hf_source(hub: HubServer, source: str = "org/public-model", **changes: objec
     return open_source(source, options, pvc_root=None, max_workers=4)
 
 
-def read_all(source: Source, path: str, start: int, end: int) -> bytes:
-    pieces = list(source.read_range(path, start, end))
-    assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
-    return b"".join(pieces)
-
-
 def test_lists_files_with_sizes_lfs_sha256_and_the_commit(hub: HubServer) -> None:
     source = hf_source(hub)
     files = {f.path: f for f in source.list_files()}
@@ -66,16 +59,7 @@ def test_lists_files_with_sizes_lfs_sha256_and_the_commit(hub: HubServer) -> Non
     assert source.display == "hf://org/public-model@main"
 
 
-@pytest.mark.parametrize(
-    ("start", "end"),
-    [
-        (0, 1),
-        (BIG_SIZE // 2, BIG_SIZE // 2 + 4096),
-        (BIG_SIZE - 1, BIG_SIZE),
-        (PIECE_SIZE - 7, PIECE_SIZE + 7),
-        (0, BIG_SIZE),
-    ],
-)
+@pytest.mark.parametrize(("start", "end"), BIG_RANGES)
 def test_reads_lfs_ranges_byte_exact_through_the_cdn_redirect(hub: HubServer, start: int, end: int) -> None:
     assert read_all(hf_source(hub), BIG, start, end) == TREE[BIG][start:end]
 

@@ -9,8 +9,7 @@ import pytest
 
 from outrider.errors import InvalidRequest, InvalidSource, SourceAccessDenied, SourceNotFound
 from outrider.sources import Source, SourceOptions, open_source
-from outrider.sources.base import PIECE_SIZE
-from tests.servers.tree import BIG, BIG_SIZE, model_tree
+from tests.servers.tree import BIG, BIG_RANGES, model_tree, read_all
 
 TREE = model_tree()
 
@@ -31,12 +30,6 @@ def local(source: str, root: Path) -> Source:
     return open_source(source, SourceOptions(), pvc_root=root, max_workers=2)
 
 
-def read_all(source: Source, path: str, start: int, end: int) -> bytes:
-    pieces = list(source.read_range(path, start, end))
-    assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
-    return b"".join(pieces)
-
-
 @pytest.mark.parametrize("spelling", ["pvc://models/llama", "pvc:///models/llama/", "ABS"])
 def test_lists_the_tree_with_mtime_size_versions(root: Path, spelling: str) -> None:
     source = local(str(root / "models" / "llama") if spelling == "ABS" else spelling, root)
@@ -49,16 +42,7 @@ def test_lists_the_tree_with_mtime_size_versions(root: Path, spelling: str) -> N
         assert files[path].version == f"{st.st_mtime_ns}-{st.st_size}"
 
 
-@pytest.mark.parametrize(
-    ("start", "end"),
-    [
-        (0, 1),
-        (BIG_SIZE // 2, BIG_SIZE // 2 + 4096),
-        (BIG_SIZE - 1, BIG_SIZE),
-        (PIECE_SIZE - 7, PIECE_SIZE + 7),
-        (0, BIG_SIZE),
-    ],
-)
+@pytest.mark.parametrize(("start", "end"), BIG_RANGES)
 def test_reads_ranges_byte_exact(root: Path, start: int, end: int) -> None:
     assert read_all(local("pvc://models/llama", root), BIG, start, end) == TREE[BIG][start:end]
 

@@ -18,7 +18,7 @@ from outrider.sources import Source, SourceOptions, open_source
 from outrider.sources.base import PIECE_SIZE
 from tests.servers.faults import FaultServer
 from tests.servers.moto import MotoServer, free_port
-from tests.servers.tree import BIG, BIG_SIZE, md5_hex, model_tree
+from tests.servers.tree import BIG, BIG_RANGES, BIG_SIZE, md5_hex, model_tree, read_all
 
 BUCKET = "obs-models"
 PREFIX = "qwen/0.5b"
@@ -54,12 +54,6 @@ def obs_source(moto: MotoServer, source: str = f"obs://{BUCKET}/{PREFIX}", **cha
     return open_source(source, options, pvc_root=None, max_workers=4)
 
 
-def read_all(source: Source, path: str, start: int, end: int) -> bytes:
-    pieces = list(source.read_range(path, start, end))
-    assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
-    return b"".join(pieces)
-
-
 def test_lists_the_tree_with_sizes_and_md5(moto: MotoServer) -> None:
     files = {f.path: f for f in obs_source(moto).list_files()}
     assert set(files) == set(TREE)
@@ -77,16 +71,7 @@ def test_listing_follows_markers_across_pages(moto: MotoServer, monkeypatch: pyt
     assert {f.path for f in obs_source(moto).list_files()} == set(TREE)
 
 
-@pytest.mark.parametrize(
-    ("start", "end"),
-    [
-        (0, 1),
-        (BIG_SIZE // 2, BIG_SIZE // 2 + 4096),
-        (BIG_SIZE - 1, BIG_SIZE),
-        (PIECE_SIZE - 7, PIECE_SIZE + 7),
-        (0, BIG_SIZE),
-    ],
-)
+@pytest.mark.parametrize(("start", "end"), BIG_RANGES)
 def test_reads_ranges_byte_exact_with_auth(moto: MotoServer, auth: None, start: int, end: int) -> None:
     assert read_all(obs_source(moto), BIG, start, end) == TREE[BIG][start:end]
 

@@ -14,7 +14,7 @@ from outrider.sources import Source, SourceOptions, open_source
 from outrider.sources.base import PIECE_SIZE
 from tests.servers.faults import FaultServer
 from tests.servers.moto import MotoServer, free_port
-from tests.servers.tree import BIG, BIG_SIZE, md5_hex, model_tree
+from tests.servers.tree import BIG, BIG_RANGES, BIG_SIZE, md5_hex, model_tree, read_all
 
 BUCKET = "models"
 PREFIX = "llama/7b"
@@ -45,12 +45,6 @@ def s3_source(
     return open_source(source, options, pvc_root=None, max_workers=max_workers)
 
 
-def read_all(source: Source, path: str, start: int, end: int) -> bytes:
-    pieces = list(source.read_range(path, start, end))
-    assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
-    return b"".join(pieces)
-
-
 def test_lists_the_tree_with_sizes_md5_and_etag_versions(moto: MotoServer) -> None:
     source = s3_source(moto)
     files = {f.path: f for f in source.list_files()}
@@ -70,16 +64,7 @@ def test_lists_a_whole_bucket(moto: MotoServer) -> None:
     assert f"{PREFIX}/{BIG}" in paths and "other/y.bin" in paths
 
 
-@pytest.mark.parametrize(
-    ("start", "end"),
-    [
-        (0, 1),  # first byte
-        (BIG_SIZE // 2, BIG_SIZE // 2 + 4096),  # middle
-        (BIG_SIZE - 1, BIG_SIZE),  # last byte
-        (PIECE_SIZE - 7, PIECE_SIZE + 7),  # across a piece boundary
-        (0, BIG_SIZE),  # whole file, several pieces
-    ],
-)
+@pytest.mark.parametrize(("start", "end"), BIG_RANGES)
 def test_reads_ranges_byte_exact(moto: MotoServer, start: int, end: int) -> None:
     assert read_all(s3_source(moto), BIG, start, end) == TREE[BIG][start:end]
 

@@ -10,10 +10,9 @@ import pytest
 
 from outrider.errors import InvalidSource, SourceAccessDenied, SourceNotFound, SourceTransientError
 from outrider.sources import Source, SourceOptions, open_source
-from outrider.sources.base import PIECE_SIZE
 from tests.servers.moto import free_port
 from tests.servers.tos import TosServer, crc64ecma
-from tests.servers.tree import BIG, BIG_SIZE, model_tree
+from tests.servers.tree import BIG, BIG_RANGES, model_tree, read_all
 
 BUCKET = "tos-models"
 PREFIX = "deepseek/r1"
@@ -48,12 +47,6 @@ def tos_source(server: TosServer, source: str = f"tos://{BUCKET}/{PREFIX}", **ch
     return open_source(source, options, pvc_root=None, max_workers=4)
 
 
-def read_all(source: Source, path: str, start: int, end: int) -> bytes:
-    pieces = list(source.read_range(path, start, end))
-    assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
-    return b"".join(pieces)
-
-
 def test_lists_the_tree_across_pages_with_crc64(server: TosServer) -> None:
     files = {f.path: f for f in tos_source(server).list_files()}  # max_page=2: several continuation tokens
     assert set(files) == set(TREE)
@@ -71,16 +64,7 @@ def test_requests_are_signed_with_the_access_key(server: TosServer) -> None:
     assert all(a is not None and a.startswith(f"TOS4-HMAC-SHA256 Credential={AK}/") for a in server.seen_auth)
 
 
-@pytest.mark.parametrize(
-    ("start", "end"),
-    [
-        (0, 1),
-        (BIG_SIZE // 2, BIG_SIZE // 2 + 4096),
-        (BIG_SIZE - 1, BIG_SIZE),
-        (PIECE_SIZE - 7, PIECE_SIZE + 7),
-        (0, BIG_SIZE),
-    ],
-)
+@pytest.mark.parametrize(("start", "end"), BIG_RANGES)
 def test_reads_ranges_byte_exact(server: TosServer, start: int, end: int) -> None:
     assert read_all(tos_source(server), BIG, start, end) == TREE[BIG][start:end]
 

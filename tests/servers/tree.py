@@ -7,10 +7,25 @@ import hashlib
 import json
 import random
 
-from outrider.sources.base import PIECE_SIZE
+from outrider.sources.base import PIECE_SIZE, Source
 
 BIG = "model.safetensors"
 BIG_SIZE = 3 * PIECE_SIZE + 12_345
+# The ranges of BIG every store must read byte-exact.
+BIG_RANGES = [
+    (0, 1),  # first byte
+    (BIG_SIZE // 2, BIG_SIZE // 2 + 4096),  # middle
+    (BIG_SIZE - 1, BIG_SIZE),  # last byte
+    (PIECE_SIZE - 7, PIECE_SIZE + 7),  # across a piece boundary
+    (0, BIG_SIZE),  # whole file, several pieces
+]
+
+
+def read_all(source: Source, path: str, start: int, end: int) -> bytes:
+    """A range read in full, checking the Source contract on the way: every piece non-empty and <= PIECE_SIZE."""
+    pieces = list(source.read_range(path, start, end))
+    assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
+    return b"".join(pieces)
 
 
 def model_tree() -> dict[str, bytes]:
