@@ -96,6 +96,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_level", ("--log-level",), ("OUTRIDER_LOG_LEVEL",), "debug, info, warning or error"),
     Option(
+        "log_format",
+        ("--log-format",),
+        ("OUTRIDER_LOG_FORMAT",),
+        "json or text: one event per line (default: json unless stderr is a terminal)",
+    ),
+    Option(
         "shutdown_grace",
         ("--shutdown-grace",),
         ("OUTRIDER_SHUTDOWN_GRACE",),
@@ -228,7 +234,8 @@ SERVE_OPTIONS = SERVE_OPTIONS + DOWNLOAD_SETTINGS_OPTIONS
 DOWNLOAD_OPTIONS: tuple[Option, ...] = tuple(
     dataclasses.replace(o, flags=("--workers", *o.flags)) if o.dest == "download_workers" else o
     for o in DOWNLOAD_SETTINGS_OPTIONS
-)
+) + tuple(o for o in SERVE_OPTIONS if o.dest in ("log_level", "log_format"))
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
@@ -324,10 +331,27 @@ def main(
     if args.command == "download":
         from outrider import download_cmd
 
+        raw = resolve(args, DOWNLOAD_OPTIONS, env)
         try:
             defaults = source_defaults(env)
+            _download_logging(raw, defaults)
         except SettingsError as exc:
             print(f"outrider: error: {exc}", file=sys.stderr)
             return 2
-        return download_cmd.main(args, resolve(args, DOWNLOAD_OPTIONS, env), source_opener, defaults)
+        return download_cmd.main(args, raw, source_opener, defaults)
     raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _download_logging(raw: Mapping[str, str | None], defaults: SourceOptions) -> None:
+    """`outrider download` logs like `serve` (the progress display is separate); warnings and up by default."""
+    from outrider import logs
+
+    level = (raw.get("log_level") or "warning").strip().lower()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"--log-level: expected debug, info, warning or error, got {level!r}")
+    try:
+        fmt = logs.parse_log_format(raw.get("log_format"))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    logs.configure(level, fmt)
+    logs.REDACTOR.register(logs.source_secrets(defaults), pinned=True)

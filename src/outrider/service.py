@@ -18,6 +18,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from outrider import logs
 from outrider.adapters.fetch import SharedFetches, VolumeFetcher
 from outrider.adapters.file import AdaptersFileWatcher
 from outrider.adapters.reconciler import Reconciler
@@ -184,17 +185,14 @@ async def _on_signals(shutdown: trio.Event) -> None:
             shutdown.set()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape otherwise
+def configure_logging(settings: Settings) -> None:
+    """One event per line on stderr (see outrider.logs), with the settings' credentials registered for redaction."""
+    logs.configure(settings.log_level, settings.log_format, sys.stderr)
+    logs.REDACTOR.register(logs.settings_secrets(settings), pinned=True)
 
 
 def run(settings: Settings, source_opener: SourceOpener | None = None) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     try:
         trio.run(_main, settings, source_opener)
     except OSError as exc:  # typically the port is taken: one line, not a traceback

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import httpx
 
+from outrider.logs import parse_log_format
 from outrider.sources.options import SourceOptions
 
 ENGINES = ("vllm", "sglang")
@@ -66,6 +67,7 @@ class Settings:
     metrics_profiles: tuple[str, ...] = ("outrider",)
     metrics_prefix: str = "outrider"
     log_level: str = "info"
+    log_format: str | None = None  # json or text; None: JSON unless stderr is a terminal (see logs.configure)
     shutdown_grace: float = 1.0
     # The control API: a bearer token for state-changing routes (None: open), whether /metrics needs it too, and
     # the largest request body accepted. repr=False: the token must never reach a log line.
@@ -257,6 +259,13 @@ def parse_verify(raw: str) -> bool:
     return value == "checksum"
 
 
+def _log_format(raw: str | None) -> str | None:
+    try:
+        return parse_log_format(raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def from_raw(raw: Mapping[str, str | None]) -> Settings:
     """Build Settings from resolved raw strings (None = not given anywhere; the default applies)."""
 
@@ -303,6 +312,7 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
         metrics_profiles=parse_profiles(get("metrics_profile", "outrider")),
         metrics_prefix=prefix,
         log_level=log_level,
+        log_format=_log_format(raw.get("log_format")),
         shutdown_grace=parse_seconds(get("shutdown_grace", "1"), "--shutdown-grace"),
         api_token=parse_api_token(raw.get("api_token")),
         protect_metrics=parse_bool(get("protect_metrics", "false"), "--protect-metrics"),

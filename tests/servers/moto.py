@@ -60,12 +60,16 @@ class MotoServer:
             if time.monotonic() > deadline:
                 raise RuntimeError("moto server did not start in time")
             time.sleep(0.1)  # polling a child process's socket: there is no event to wait on
+        self.reader = self.create_user("reader", ["s3:*"])
+
+    def create_user(self, name: str, actions: list[str]) -> tuple[str, str]:
+        """An IAM user allowed `actions` on every resource; returns its (access key, secret key)."""
         iam = self.client("iam", ADMIN)
-        iam.create_user(UserName="reader")
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-        iam.put_user_policy(UserName="reader", PolicyName="read-all", PolicyDocument=json.dumps(policy))
-        self.reader = (key["AccessKeyId"], key["SecretAccessKey"])
+        iam.create_user(UserName=name)
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+        iam.put_user_policy(UserName=name, PolicyName="allowed", PolicyDocument=json.dumps(policy))
+        return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
 
     def client(self, service: str, creds: tuple[str, str]):  # type: ignore[no-untyped-def]
         return boto3.session.Session().client(

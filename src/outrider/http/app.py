@@ -13,19 +13,23 @@ from outrider.errors import OutriderError, error_body
 from outrider.http import adapters, compat_lora, downloads
 from outrider.http.guard import Guard
 from outrider.http.hot import ASGIApp, HotRoutes
+from outrider.http.observe import Observe, RouteTable
 from outrider.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
 def create_asgi(runtime: Runtime) -> ASGIApp:
-    """What hypercorn serves: the guard (token, body limit), then the hot routes (probes, /metrics), then Quart."""
+    """What hypercorn serves: request ids, access log and request metrics around everything, then the guard
+    (token, body limit), then the hot routes (probes, /metrics), then Quart."""
     settings = runtime.settings
+    app = create_app(runtime)
     # Quart types its ASGI signature with TypedDict events; at run time it is the plain ASGI callable.
-    hot = HotRoutes(cast(ASGIApp, create_app(runtime)), runtime)
-    return Guard(
+    hot = HotRoutes(cast(ASGIApp, app), runtime)
+    guard = Guard(
         hot, token=settings.api_token, protect_metrics=settings.protect_metrics, max_body_size=settings.max_body_size
     )
+    return Observe(guard, RouteTable(app.url_map, hot.paths), runtime.metrics.http)
 
 
 def route_paths(runtime: Runtime) -> set[str]:

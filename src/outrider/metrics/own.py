@@ -79,6 +79,7 @@ class OwnMetrics:
         for reason in RECONCILE_ERROR_REASONS:
             self.adapter_reconcile_errors.labels(reason)
         self.downloads = DownloadMetrics(r)
+        self.http = HttpMetrics(r)
         Info("outrider_build", "outrider build information.", registry=r).info(
             {"version": __version__, "engine": engine}
         )
@@ -106,6 +107,32 @@ class DownloadMetrics:
         for reason in DOWNLOAD_FAILURE_REASONS:
             self.failures.labels(reason)
         self.active = Gauge("outrider_download_jobs_active", "Download jobs queued or running.", registry=r)
+
+
+# API request methods counted by name; any other method is counted as `other`, so clients cannot grow the label.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+# From a cached probe answer (~0.1 ms) to a `wait: true` adapter load (tens of seconds).
+HTTP_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class HttpMetrics:
+    """API requests, counted by the request middleware (http/observe.py). `route` is a route template in OpenAPI
+    spelling (`/v1/adapters/{name}`) or `unmatched`, never a raw path; `method` is one of HTTP_METHODS or `other`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "outrider_http_requests",
+            "API requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "outrider_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by method and route template.",
+            ["method", "route"],
+            buckets=HTTP_DURATION_BUCKETS,
+            registry=registry,
+        )
 
 
 def download_failure_reason(error: Exception | None) -> str:

@@ -26,11 +26,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from outrider.errors import InvalidRequest
+from outrider.logs import register_secrets
 from outrider.sources.uri import BucketRef, HubRef, SourceRef
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_HF_REVISION = "main"
 
+# The keys of a request's `config` that hold credentials (registered with the log redactor when parsed).
+SECRET_CONFIG_KEYS = ("access_key", "secret_key", "session_token", "hf_token")
 # Keys a request's `config` may set. Unknown keys are ignored: Kthena and AIBrix clients send extra ones.
 _CONFIG_KEYS = (
     "access_key",
@@ -160,6 +163,8 @@ def parse_config(config: object) -> dict[str, str]:
         return {}
     if not isinstance(data, dict):
         raise InvalidRequest("config must be a JSON object or a string holding one", field="config")
+    # Before any check can fail: the log redactor then masks these values wherever they turn up later.
+    register_secrets(*(data.get(key) for key in SECRET_CONFIG_KEYS))
     result: dict[str, str] = {}
     for key in _CONFIG_KEYS:
         value = data.get(key)
