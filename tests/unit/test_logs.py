@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from outrider import logs
-from outrider.cli import build_parser, serve_settings
+from outrider.cli import build_parser, main, serve_settings
 from outrider.settings import Settings, SettingsError, from_raw
 from outrider.sources.options import SourceOptions, parse_config
 
@@ -161,3 +161,10 @@ def test_default_format_is_text_on_a_terminal_and_json_otherwise() -> None:
     finally:
         os.close(leader)
         os.close(follower)
+
+
+def test_download_command_takes_the_log_options_too(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["download", "/a", "/b", "--log-format", "xml"], {}) == 2
+    assert "--log-format: expected json or text" in capsys.readouterr().err
+    assert main(["download", "/a", "/b"], {"OUTRIDER_LOG_LEVEL": "loud"}) == 2
+    assert "--log-level" in capsys.readouterr().err
