@@ -11,6 +11,7 @@ import trio
 
 from outrider.http.app import create_app
 from outrider.http.hot import HotRoutes
+from outrider.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider
 from tests.integration.lora_fixtures import lora_settings, root, vllm
@@ -21,7 +22,8 @@ TOKEN = "spec-test-token"
 
 
 async def _start(nursery: trio.Nursery, vllm: FakeLoraEngine, root: Path, token: str | None) -> Running:
-    return await start_outrider(nursery, lora_settings(vllm, root, api_token=token))
+    downloads = DownloadSettings(model_root=str(root))
+    return await start_outrider(nursery, lora_settings(vllm, root, api_token=token, downloads=downloads))
 
 
 def _answered(o: Running) -> set[tuple[str, str]]:
@@ -87,6 +89,23 @@ async def test_docs_page_loads_without_the_internet(nursery: trio.Nursery, vllm:
         ("GET", "/v1/adapters/%00", None, {}, 400, "name"),
         ("POST", "/v1/load_lora_adapter", b'{"lora_name": "a", "source": "' + b"s" * 4097 + b'"}', {}, 400, "source"),
         ("PATCH", "/v1/downloads", None, {}, 405, None),
+        # Found by `nox -s fuzz` (both were 500s): an endpoint the S3 SDK refuses, a name too long for the disk.
+        (
+            "POST",
+            "/v1/downloads",
+            '{"source": "s3://bucket/p", "dest": "m", "config": {"endpoint": "\u00f1D"}}'.encode(),
+            {},
+            400,
+            "config",
+        ),
+        (
+            "POST",
+            "/v1/model/download",
+            b'{"model_uri": "s3://bucket/p", "model_name": "' + b"0" * 1000 + b'"}',
+            {},
+            400,
+            "model_name",
+        ),
     ],
 )
 async def test_bad_input_is_a_json_4xx_naming_the_field(
