@@ -66,6 +66,13 @@ def e2e(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """schemathesis against a live outrider's /openapi.json, with a fixed budget and seed (tests/fuzz)."""
+    session.install("-e", ".[test,fuzz]")
+    session.run("python", "-m", "tests.fuzz.run_schemathesis", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark, each printing figures against a peer measured in the same run."""
     ensure_apt(session, "wrk", "wrk")

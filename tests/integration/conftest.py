@@ -13,6 +13,7 @@ from outrider.runtime import Runtime
 from outrider.service import serve
 from outrider.settings import Settings
 from tests.fakes.engine import FakeEngine
+from tests.spec_check import SpecCheck
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition") -> None:
@@ -38,7 +39,16 @@ async def start_outrider(nursery: trio.Nursery, settings: Settings) -> Running:
     shutdown = trio.Event()
     runtime, binds = await nursery.start(serve, settings, shutdown)
     url = binds[0]
-    return Running(runtime, url, httpx.AsyncClient(base_url=url, timeout=5.0), shutdown)
+    return Running(runtime, url, await checked_client(url, request_timeout=5.0), shutdown)
+
+
+async def checked_client(url: str, request_timeout: float) -> httpx.AsyncClient:
+    """A client for outrider at `url` whose every answer is checked against the live /openapi.json."""
+    async with httpx.AsyncClient(base_url=url, timeout=request_timeout) as loader:  # tests may open `client`
+        check = await SpecCheck.load(loader)
+    client = httpx.AsyncClient(base_url=url, timeout=request_timeout)
+    client.event_hooks["response"] = [check.hook]
+    return client
 
 
 def fast_settings(engine: FakeEngine, **changes: object) -> Settings:

@@ -24,7 +24,7 @@ from outrider.transfer.state import RECORD_NAME
 from tests.fakes.engine import FakeEngine
 from tests.fakes.http_store import RangeServer, http_opener
 from tests.fakes.sources import MemorySource
-from tests.integration.conftest import Running, fast_settings, wait_until
+from tests.integration.conftest import Running, checked_client, fast_settings, wait_until
 
 MIB = 1024 * 1024
 BIG = "model.safetensors"
@@ -69,7 +69,7 @@ async def outrider(nursery: trio.Nursery, vllm_engine: FakeEngine, tmp_path: Pat
     settings = fast_settings(vllm_engine, downloads=DownloadSettings(model_root=str(root), workers=4, chunk_size=MIB))
     shutdown = trio.Event()
     runtime, binds = await nursery.start(functools.partial(serve, settings, shutdown, source_opener=opener))
-    client = httpx.AsyncClient(base_url=binds[0], timeout=30.0)
+    client = await checked_client(binds[0], request_timeout=30.0)
     yield Outrider(Running(runtime, binds[0], client, shutdown), root, mem)
     shutdown.set()
 
@@ -236,7 +236,7 @@ async def test_absolute_dest_under_the_root_is_accepted(outrider: Outrider, stor
         ({"source": "x", "dest": "m", "workers": True}, "workers"),
         ({"source": "x", "dest": "m", "chunk_size": "huge"}, "chunk_size"),
         ({"source": "x", "dest": "m", "include": 5}, "include"),
-        ({"source": "x", "dest": "m", "exclude": [1]}, "exclude"),
+        ({"source": "x", "dest": "m", "exclude": [1]}, "exclude.0"),  # a dotted path to the item
         ({"source": "x", "dest": "m", "wait": "yes"}, "wait"),
         ({"source": "x", "dest": "m", "config": 5}, "config"),
         ({"source": "x", "dest": "m", "config": "{not json"}, "config"),

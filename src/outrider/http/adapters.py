@@ -15,12 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from pydantic import BaseModel
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from outrider.adapters.names import validate_name
 from outrider.adapters.reconciler import Reconciler
 from outrider.errors import NotFound, OutriderError
-from outrider.http.body import bool_field, config_field, json_object, string_field
+from outrider.http import models as m
+from outrider.http.body import bool_field, strict_body
+from outrider.http.spec import describe
 from outrider.runtime import Runtime
 
 blueprint = Blueprint("adapters", __name__)
@@ -33,11 +36,11 @@ def reconciler() -> Reconciler:
     return runtime.adapters
 
 
-def _wait_flag(body: dict[str, Any]) -> bool:
+def _wait_flag(body_wait: bool) -> bool:
     query = request.args.get("wait")
     if query is not None:
         return bool_field({"wait": query}, "wait")
-    return bool_field(body, "wait")
+    return body_wait
 
 
 def _record(r: Reconciler, name: str) -> dict[str, Any]:
@@ -45,7 +48,18 @@ def _record(r: Reconciler, name: str) -> dict[str, Any]:
     return rec.to_json(trio.current_time()) if rec is not None else {"name": name, "state": "absent"}
 
 
+# Every adapter route is a 404 when LoRA management is not running (no --adapter-root and no engine LoRA API).
+_NOT_RUNNING: dict[int | str, type[BaseModel]] = {404: m.ErrorBody}
+# What a waited-for load or unload can end with: the adapter's name taken by the adapters file (409), a store's or
+# the engine's refusal (their own 4xx), the engine's 5xx relayed as 502, the engine or a store unreachable (503),
+# a full disk (507).
+_ATTEMPT_FAILURES: dict[int | str, type[BaseModel]] = {
+    status: m.AdapterFailure for status in (400, 404, 409, "4XX", 502, 503, 507)
+}
+
+
 @blueprint.get("/v1/adapters")
+@describe(responses={200: m.AdapterList, **_NOT_RUNNING})
 async def list_adapters() -> Response:
     r = reconciler()
     now = trio.current_time()
@@ -53,6 +67,7 @@ async def list_adapters() -> Response:
 
 
 @blueprint.get("/v1/adapters/<path:name>")
+@describe(responses={200: m.AdapterRecord, 400: m.ErrorBody, **_NOT_RUNNING})
 async def get_adapter(name: str) -> Response:
     r = reconciler()
     validate_name(name, "name")
@@ -63,15 +78,22 @@ async def get_adapter(name: str) -> Response:
 
 
 @blueprint.put("/v1/adapters/<path:name>")
+@describe(
+    request=m.AdapterDeclare,
+    query=m.WaitQuery,
+    responses={
+        200: m.AdapterRecord,
+        202: m.AdapterAnswer,
+        **_ATTEMPT_FAILURES,
+    },
+)
 async def put_adapter(name: str) -> tuple[Response, int]:
     r = reconciler()
     validate_name(name, "name")
-    body = await json_object()
-    source = string_field(body, "source")
-    assert source is not None
-    config = config_field(body)
-    wait = _wait_flag(body)
-    ticket = r.declare(name, source.strip(), config)
+    body = await strict_body(m.AdapterDeclare)
+    config = body.config.model_dump(exclude_none=True) if body.config is not None else None
+    wait = _wait_flag(body.wait)
+    ticket = r.declare(name, body.source.strip(), config)
     if not wait:
         return jsonify(_record(r, name)), 202
     try:
@@ -82,10 +104,15 @@ async def put_adapter(name: str) -> tuple[Response, int]:
 
 
 @blueprint.delete("/v1/adapters/<path:name>")
+@describe(
+    request=m.AdapterRetract,
+    query=m.WaitQuery,
+    responses={200: m.AdapterAbsent, 202: m.AdapterAnswer, **_ATTEMPT_FAILURES},
+)
 async def delete_adapter(name: str) -> tuple[Response, int]:
     r = reconciler()
     validate_name(name, "name")
-    wait = _wait_flag(await json_object(optional=True))
+    wait = _wait_flag((await strict_body(m.AdapterRetract, optional=True)).wait)
     ticket = r.retract(name)
     if not wait:
         return jsonify(_record(r, name)), 202

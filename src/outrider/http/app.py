@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
+from importlib.metadata import version
 from typing import cast
 
+import pydantic
 from quart import Response, jsonify
+from quart_schema import Info, QuartSchema, RequestSchemaValidationError
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from outrider.errors import OutriderError, error_body
 from outrider.http import adapters, compat_lora, downloads
+from outrider.http.body import error_field
 from outrider.http.guard import Guard
 from outrider.http.hot import ASGIApp, HotRoutes
 from outrider.http.observe import Observe, RouteTable
+from outrider.http.spec import DOCS_PATH, OPENAPI_PATH, OutriderOpenAPI
 from outrider.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,12 +44,34 @@ def route_paths(runtime: Runtime) -> set[str]:
 
 
 def create_app(runtime: Runtime) -> QuartTrio:
-    app = QuartTrio("outrider")
+    app = QuartTrio("outrider", static_folder=None)  # no static files: every route is in the spec
     app.config["RUNTIME"] = runtime
     app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_size  # bodies with no declared length
     app.register_blueprint(adapters.blueprint)
     app.register_blueprint(compat_lora.blueprint)
     app.register_blueprint(downloads.blueprint)
+    # /openapi.json and /docs. The docs page is Swagger UI: its HTML comes from here, its script and style from a
+    # CDN (cdnjs), so without internet the page loads but stays blank; /openapi.json needs nothing outside.
+    QuartSchema(
+        app,
+        openapi_path=OPENAPI_PATH,
+        swagger_ui_path=DOCS_PATH,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info=Info(title="outrider", version=version("outrider")),
+        openapi_provider_class=OutriderOpenAPI,
+    )
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def _invalid_body(exc: RequestSchemaValidationError) -> tuple[Response, int]:
+        # A native body that does not fit its model: one problem, naming its field; never the value. Of the
+        # errors a union gives (one per member), the deepest names the field best: `exclude.1`, not `exclude`.
+        error = exc.validation_error
+        if isinstance(error, pydantic.ValidationError) and error.errors():
+            first = max(error.errors(), key=lambda e: len(e["loc"]))
+            field = error_field(first["loc"])
+            return jsonify(error_body("invalid_request", f"{field}: {first['msg']}", field)), 400
+        return jsonify(error_body("invalid_request", "the request does not match its schema", "body")), 400
 
     @app.errorhandler(OutriderError)
     async def _outrider_error(exc: OutriderError) -> tuple[Response, int]:
@@ -54,7 +81,10 @@ def create_app(runtime: Runtime) -> QuartTrio:
     async def _http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         name = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(error_body(name, exc.description or exc.name or "error")), status
+        response = jsonify(error_body(name, exc.description or exc.name or "error"))
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response, status
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> tuple[Response, int]:

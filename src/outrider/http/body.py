@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
+import pydantic
 from quart import request
+from quart_schema import RequestSchemaValidationError
 
 from outrider.errors import InvalidRequest
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+# Longest string field a compatible route takes (a URI or a path; the native models say the same).
+MAX_STRING = 4096
+# Parts of a pydantic error location that name a union member rather than a field: `str`, `list[str]`,
+# `constrained-str`, `function-after[...]`, a model's class name.
+_NOT_A_FIELD = re.compile(r"^(?:[A-Z].*|.*[\[\-].*|str|int|bool|float|list|dict|none|bytes)$")
 
 
 async def json_object(*, optional: bool = False) -> dict[str, Any]:
@@ -26,6 +37,22 @@ async def json_object(*, optional: bool = False) -> dict[str, Any]:
     return body
 
 
+async def strict_body(model: type[M], *, optional: bool = False) -> M:
+    """The body as a native route's model: unknown fields, wrong types (no coercion) and over-long strings raise
+    RequestSchemaValidationError, which app.py answers with a 400 naming the field."""
+    body = await json_object(optional=optional)
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise RequestSchemaValidationError(exc) from None
+
+
+def error_field(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as the dotted field it blames (`config.endpoint`, `include.0`), or `body`."""
+    parts = [str(part) for part in loc if isinstance(part, int) or not _NOT_A_FIELD.match(part)]
+    return ".".join(parts) or "body"
+
+
 def string_field(body: dict[str, Any], field: str, *, required: bool = True) -> str | None:
     """A string field; absent, null and "" all count as not given (the peers' clients send "" for unset)."""
     value = body.get(field)
@@ -35,6 +62,8 @@ def string_field(body: dict[str, Any], field: str, *, required: bool = True) -> 
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"{field} must be a string", field=field)
+    if len(value) > MAX_STRING:
+        raise InvalidRequest(f"{field} is longer than {MAX_STRING} characters", field=field)
     return value
 
 

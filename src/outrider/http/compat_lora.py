@@ -13,14 +13,25 @@ when the engine unloaded it, 404 when the engine does not have it.
 
 from __future__ import annotations
 
+from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
 
 from outrider.adapters.names import validate_name
 from outrider.errors import InvalidRequest
+from outrider.http import models as m
 from outrider.http.adapters import reconciler
 from outrider.http.body import bool_field, config_field, json_object, string_field
+from outrider.http.spec import describe
 
 blueprint = Blueprint("compat_lora", __name__)
+
+# These routes stay as lenient as the peers' (real AIBrix and Kthena controllers send extra fields, `config` as a
+# JSON string, "" for unset): their bodies are parsed by http/body.py, and their models only describe them.
+# What a load or unload can end with besides success: a bad body or name (400), LoRA management not running or
+# the engine not having the adapter (404), the adapters file owning the name (409), a store's or the engine's
+# refusal (their own 4xx), the engine's 5xx relayed as 502, the engine or a store unreachable (503), a full
+# disk (507).
+_FAILURES: dict[int | str, type[BaseModel]] = {status: m.ErrorBody for status in (400, 404, 409, "4XX", 502, 503, 507)}
 
 
 def _loaded_text(name: str) -> str:
@@ -33,6 +44,7 @@ def _unloaded_text(name: str) -> str:
 
 
 @blueprint.post("/v1/lora_adapter/load")
+@describe(request=m.AIBrixLoad, responses={200: m.PlainText, **_FAILURES}, text=[200])
 async def aibrix_load() -> Response:
     body = await json_object()
     name = validate_name(body.get("lora_name"))
@@ -43,6 +55,7 @@ async def aibrix_load() -> Response:
 
 
 @blueprint.post("/v1/lora_adapter/unload")
+@describe(request=m.LoraName, responses={200: m.PlainText, **_FAILURES}, text=[200])
 async def aibrix_unload() -> Response:
     body = await json_object()
     name = validate_name(body.get("lora_name"))
@@ -51,6 +64,7 @@ async def aibrix_unload() -> Response:
 
 
 @blueprint.get("/v1/models")
+@describe(responses={200: m.EngineModels, 404: m.ErrorBody, 503: m.ErrorBody, "default": m.EngineModels})
 async def models() -> Response:
     answer = await reconciler().engine.models()
     return Response(
@@ -59,6 +73,7 @@ async def models() -> Response:
 
 
 @blueprint.post("/v1/load_lora_adapter")
+@describe(request=m.KthenaLoad, responses={200: m.KthenaLoadAnswer, 202: m.KthenaLoadAnswer, **_FAILURES})
 async def kthena_load() -> tuple[Response, int]:
     body = await json_object()
     name = validate_name(body.get("lora_name"))
@@ -84,6 +99,7 @@ async def kthena_load() -> tuple[Response, int]:
 
 
 @blueprint.post("/v1/unload_lora_adapter")
+@describe(request=m.LoraName, responses={200: m.KthenaUnloadAnswer, **_FAILURES})
 async def kthena_unload() -> tuple[Response, int]:
     body = await json_object()
     name = validate_name(body.get("lora_name"))

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from pydantic import BaseModel
 from quart import Blueprint, Response, current_app, jsonify
 
 from outrider.errors import InvalidRequest, OutriderError, error_body
-from outrider.http.body import config_field, json_object, required_string, string_field
+from outrider.http import models as m
+from outrider.http.body import config_field, json_object, required_string, strict_body, string_field
+from outrider.http.spec import describe
 from outrider.runtime import Runtime
 from outrider.settings import MAX_DOWNLOAD_WORKERS, SettingsError, parse_size, parse_suffixes
 from outrider.transfer import state
@@ -33,7 +36,10 @@ blueprint = Blueprint("downloads", __name__)
 
 # How long DELETE waits for a job's threads to notice before answering with the job as it then is.
 CANCEL_WAIT = 10.0
-_NATIVE_FIELDS = {"source", "dest", "config", "include", "exclude", "workers", "chunk_size", "wait"}
+# What starting a download can end with besides success: a bad body, source or destination (400), a store's
+# refusal (403, 404), an overlapping job or a cancelled one (409), a store failing (502) or unreachable (503),
+# a full disk (507).
+_FAILURE_STATUSES = (400, 403, 404, 409, 502, 503, 507)
 # How deep GET /v1/model/list looks under the model root for downloaded directories.
 _LIST_DEPTH = 4
 
@@ -117,27 +123,27 @@ def _failure(job: Job, extra: Mapping[str, Any] | None = None) -> tuple[Response
 # -- native ------------------------------------------------------------------------------------------------------
 
 
+_JOB_FAILURES: dict[int | str, type[BaseModel]] = {status: m.JobFailure for status in _FAILURE_STATUSES}
+
+
 @blueprint.post("/v1/downloads")
+@describe(request=m.DownloadCreate, responses={200: m.Job, 202: m.Job, **_JOB_FAILURES})
 async def create_download() -> tuple[Response, int, dict[str, str]] | tuple[Response, int]:
-    body = await json_object()
-    unknown = sorted(set(body) - _NATIVE_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
-    source = required_string(body, "source")
-    dest = confine(_model_root(), required_string(body, "dest"), "dest")
-    wait = _bool(body, "wait", False)
+    body = await strict_body(m.DownloadCreate)
+    dest = confine(_model_root(), body.dest, "dest")
+    raw = body.model_dump(include={"include", "exclude", "chunk_size"})
     job = await _manager().submit(
         DownloadRequest(
-            source=source,
+            source=body.source,
             dest=dest,
-            config=config_field(body, "config"),
-            include=_globs(body, "include"),
-            exclude=_globs(body, "exclude"),
-            workers=_workers(body, "workers"),
-            chunk_size=_chunk_size(body, "chunk_size"),
+            config=body.config.model_dump(exclude_none=True) if body.config is not None else None,
+            include=_globs(raw, "include"),
+            exclude=_globs(raw, "exclude"),
+            workers=body.workers,
+            chunk_size=_chunk_size(raw, "chunk_size"),
         )
     )
-    if wait:
+    if body.wait:
         await job.done.wait()
         if job.state != "completed":
             return _failure(job)
@@ -146,16 +152,19 @@ async def create_download() -> tuple[Response, int, dict[str, str]] | tuple[Resp
 
 
 @blueprint.get("/v1/downloads")
+@describe(responses={200: m.JobList})
 async def list_downloads() -> Response:
     return jsonify({"object": "list", "data": [job.to_json() for job in _manager().list()]})
 
 
 @blueprint.get("/v1/downloads/<job_id>")
+@describe(responses={200: m.Job, 404: m.ErrorBody})
 async def get_download(job_id: str) -> Response:
     return jsonify(_manager().get(job_id).to_json())
 
 
 @blueprint.delete("/v1/downloads/<job_id>")
+@describe(responses={200: m.Job, 404: m.ErrorBody})
 async def cancel_download(job_id: str) -> Response:
     job = _manager().cancel(job_id)
     with trio.move_on_after(CANCEL_WAIT):
@@ -167,6 +176,14 @@ async def cancel_download(job_id: str) -> Response:
 
 
 @blueprint.post("/v1/download_model")
+@describe(
+    request=m.KthenaDownload,
+    responses={
+        200: m.KthenaDownloadAnswer,
+        202: m.KthenaDownloadAnswer,
+        **{status: m.KthenaDownloadFailure for status in _FAILURE_STATUSES},
+    },
+)
 async def kthena_download_model() -> tuple[Response, int]:
     body = await json_object()
     source = required_string(body, "source")
@@ -197,6 +214,7 @@ def _aibrix_status(job: Job) -> str:
 
 
 @blueprint.post("/v1/model/download")
+@describe(request=m.AIBrixDownload, responses={200: m.ModelCard, **{s: m.ErrorBody for s in _FAILURE_STATUSES}})
 async def aibrix_model_download() -> tuple[Response, int]:
     body = await json_object()
     model_uri = required_string(body, "model_uri")
@@ -237,6 +255,7 @@ def _suffix_tuple(value: str | list[Any]) -> tuple[str, ...]:
 
 
 @blueprint.get("/v1/model/list")
+@describe(responses={200: m.ModelList})
 async def aibrix_model_list() -> Response:
     manager = _manager()
     root = Path(_model_root())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,6 +99,9 @@ def normalize_endpoint(raw: str, what: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"{what}: an endpoint must not carry a query or fragment")
     host = parts.hostname.lower()
+    # The SDKs refuse (with a bare ValueError) hosts and paths that are not plain ASCII URL text: refuse them here.
+    if not re.fullmatch(r"[a-z0-9._\-:]+", host) or any(not 33 <= ord(c) < 127 for c in parts.path):
+        raise ValueError(f"{what}: the endpoint's host or path holds characters a URL cannot carry")
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"

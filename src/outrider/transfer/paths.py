@@ -27,10 +27,14 @@ def confine(root: str | Path, raw: str, field: str) -> Path:
     real_root = Path(os.path.realpath(root))
     candidate = Path(raw) if raw.startswith("/") else Path(root) / raw
     # realpath resolves every symlink in the part that exists; what does not exist yet cannot point anywhere.
-    resolved = Path(os.path.realpath(candidate))
+    try:
+        resolved = Path(os.path.realpath(candidate))
+        is_file = resolved.exists() and not resolved.is_dir()
+    except OSError as exc:  # a name too long for the file system, say
+        raise InvalidRequest(f"{field} is not a usable path: {exc.strerror}", field=field) from None
     if resolved == real_root or real_root not in resolved.parents:
         raise InvalidRequest(f"{field} must be a directory under the model root {str(root)!r}: {raw!r}", field=field)
-    if resolved.exists() and not resolved.is_dir():
+    if is_file:
         raise InvalidRequest(f"{field} names an existing file, not a directory: {raw!r}", field=field)
     return resolved
 
