@@ -18,6 +18,7 @@ from outrider.http.body import error_field
 from outrider.http.guard import Guard
 from outrider.http.hot import ASGIApp, HotRoutes
 from outrider.http.observe import Observe, RouteTable
+from outrider.http.shielded import ShieldedSend
 from outrider.http.spec import DOCS_PATH, OPENAPI_PATH, OutriderOpenAPI
 from outrider.runtime import Runtime
 
@@ -30,7 +31,8 @@ def create_asgi(runtime: Runtime) -> ASGIApp:
     settings = runtime.settings
     app = create_app(runtime)
     # Quart types its ASGI signature with TypedDict events; at run time it is the plain ASGI callable.
-    hot = HotRoutes(cast(ASGIApp, app), runtime)
+    quart = ShieldedSend(cast(ASGIApp, app))
+    hot = HotRoutes(quart, runtime)
     guard = Guard(
         hot, token=settings.api_token, protect_metrics=settings.protect_metrics, max_body_size=settings.max_body_size
     )
