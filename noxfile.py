@@ -1,4 +1,4 @@
-"""Project sessions. Plain `nox` runs lint, tests and e2e; every session installs what it needs itself.
+"""Project sessions. Plain `nox` runs lint, tests, fuzz and e2e; every session installs what it needs itself.
 
 System packages (promtool from Debian's `prometheus`, later `redis-server`) are installed with apt-get when
 missing, so that `python3 -m pip install nox && nox` works on a fresh machine.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "e2e"]
+nox.options.sessions = ["lint", "tests", "fuzz", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).resolve().parent

@@ -25,8 +25,9 @@ import trio
 from tests.fakes.lora_engine import FakeLoraEngine
 
 TOKEN = "fuzz-token-not-a-secret"
-# One budget for every operation: ~20 operations x this many examples, a few phases; about 2 minutes on 2 cores.
-MAX_EXAMPLES = 25
+# One budget for every operation: 21 operations x this many examples, four phases: about 2,000 test cases in
+# about 25 s on 2 cores.
+MAX_EXAMPLES = 100
 SEED = 20240607
 
 
