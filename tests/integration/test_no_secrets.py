@@ -5,7 +5,7 @@ credentials and a Hugging Face token in its env. Over real sockets it downloads 
 keys (good ones; a wrong secret; an unknown key; a user that may list but not read, whose job fails mid-run), is
 sent bad requests that carry credentials in their config, and loads and unloads a LoRA adapter from S3 with config
 credentials into the stand-in engine. Then every byte it said — its stderr, every response body, the download and
-adapter records and /metrics — is searched for each secret value.
+adapter records, /metrics and /openapi.json — is searched for each secret value.
 """
 
 from __future__ import annotations
@@ -212,6 +212,8 @@ async def test_no_secret_reaches_logs_bodies_records_or_metrics(
         ]
         metrics = (await api.call("GET", "/metrics", auth=False)).text
         assert "outrider_http_requests_total" in metrics
+        spec = (await api.call("GET", "/openapi.json", auth=False)).text  # its examples included
+        assert '"examples"' in spec
         assert ENGINE_KEY in engine.seen_headers[-1].get("authorization", "")  # the key was in use
     finally:
         await api.client.aclose()
@@ -248,6 +250,12 @@ async def test_no_secret_reaches_logs_bodies_records_or_metrics(
         "bad request secret": BAD_REQUEST_SECRET,
         "request HF token": HF_REQUEST_TOKEN,
     }
-    places = {"log": log, "bodies": "\n".join(api.bodies), "records": "\n".join(records), "metrics": metrics}
+    places = {
+        "log": log,
+        "bodies": "\n".join(api.bodies),
+        "records": "\n".join(records),
+        "metrics": metrics,
+        "openapi": spec,
+    }
     leaks = [f"{what} in {where}" for what, value in secrets.items() for where, text in places.items() if value in text]
     assert leaks == []
