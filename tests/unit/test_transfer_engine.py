@@ -14,7 +14,7 @@ import trio
 
 from outrider.errors import SourceAccessDenied, SourceTransientError, VerificationFailed
 from outrider.sources.base import Checksum
-from outrider.transfer import download, state
+from outrider.transfer import download, state, writeback
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
@@ -243,7 +243,8 @@ async def test_the_periodic_record_does_not_wait_for_a_sync(tmp_path: Path) -> N
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fetch, source, tmp_path / "m", options)
         with trio.fail_after(10):
-            while not path.exists() or len(json.loads(path.read_text())["done"]) < 4:
+            # Polling is the point: the manifest on disk is what a restarted process would read.
+            while not path.exists() or len(json.loads(path.read_text())["done"]) < 4:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         assert json.loads(path.read_text())["durable"] == []
         gate.set()
@@ -261,7 +262,7 @@ async def test_without_a_boot_id_every_record_is_synced_first(tmp_path: Path, mo
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fetch, source, tmp_path / "m", options)
         with trio.fail_after(10):
-            while not path.exists() or len(json.loads(path.read_text())["durable"]) < 4:
+            while not path.exists() or len(json.loads(path.read_text())["durable"]) < 4:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         gate.set()
     assert_tree(tmp_path / "m", {"big.bin": data})
@@ -329,3 +330,32 @@ async def test_verify_size_skips_content_checksums(tmp_path: Path) -> None:
     sizes_only = dataclasses.replace(FAST, verify_checksums=False)
     await fetch(source, tmp_path / "m", options=sizes_only)
     assert_tree(tmp_path / "m", files)
+
+
+def test_writeback_is_started_on_a_real_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.pwrite(fd, os.urandom(CHUNK), 0)
+        assert writeback.available()  # Linux: the call exists here, so the test below means something
+        assert writeback.start_writeback(fd, 0, CHUNK)
+    finally:
+        os.close(fd)
+    assert not writeback.start_writeback(fd, 0, CHUNK)  # a closed descriptor: refused, never raised
+
+
+async def test_each_finished_chunk_has_its_writeback_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[int, int]] = []
+    real = writeback.start_writeback
+
+    def record(fd: int, offset: int, length: int) -> bool:
+        started.append((offset, length))
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(writeback, "start_writeback", record)
+    data = os.urandom(4 * CHUNK + 100)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE)
+    source.script.extend(["ok", "reset"])  # the second chunk is fetched in two attempts: still one whole range
+    await fetch(source, tmp_path / "m", FAST)
+    assert sorted(started) == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK), (3 * CHUNK, CHUNK), (4 * CHUNK, 100)]
+    assert_tree(tmp_path / "m", {"big.bin": data})

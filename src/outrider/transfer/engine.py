@@ -15,6 +15,7 @@ Resources and errors:
   stores are expected to time out their own reads, this is the backstop.
 - Cancellation (trio) abandons the reading threads at once and sets their stop flags; no file is ever renamed to
   its final name before its size and (when the store offers one) checksum are verified.
+- Each finished chunk's writeback to disk is started at once (writeback.py), so the fsync before publish is short.
 - Finished chunks are recorded in the manifest every `manifest_interval` seconds. The part file's data is flushed
   to disk (fdatasync) only every `durable_interval` seconds and when the run ends: within one boot of the machine
   the page cache already keeps a killed process's writes, and only a reboot needs them on disk (see state.py).
@@ -39,7 +40,7 @@ import trio
 from outrider.errors import InsufficientStorage, OutriderError, SourceError, SourceTransientError, VerificationFailed
 from outrider.settings import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
 from outrider.sources.base import PIECE_SIZE, RemoteFile, Source
-from outrider.transfer import checksums, state
+from outrider.transfer import checksums, state, writeback
 from outrider.transfer.paths import join_under
 from outrider.transfer.progress import FileProgress, Progress
 
@@ -96,6 +97,7 @@ class _Attempt:
 
     pos: int
     end: int
+    start: int  # where the chunk begins (`pos` may be further on, when this attempt resumes a failed one)
     last_piece: float = dataclasses.field(default_factory=time.monotonic)
     cancelled: bool = False
     scope: trio.CancelScope | None = None
@@ -284,7 +286,7 @@ class _Run:
         pos, end = task.chunks[index]
         failures = 0
         while True:
-            attempt = _Attempt(pos, end)
+            attempt = _Attempt(pos, end, task.chunks[index][0])
             try:
                 await self._run_attempt(task, attempt)
                 return
@@ -338,6 +340,8 @@ class _Run:
                 attempt.pos += len(piece)
                 attempt.last_piece = time.monotonic()
                 self.progress.add(task.progress, len(piece))
+            if attempt.pos == attempt.end:
+                writeback.start_writeback(fd, attempt.start, attempt.end - attempt.start)
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
