@@ -39,6 +39,8 @@ class MemorySource(Source):
         self.script: collections.deque[str] = collections.deque()
         self.script_for: dict[str, collections.deque[str]] = {}
         self.release = threading.Event()
+        # (offset, gate): reads from `offset` on wait for the gate (at most 30 s), e.g. to hold a download halfway.
+        self.block_after: tuple[int, threading.Event] | None = None
         self.reads: list[tuple[str, int, int]] = []
         self.closed = False
         self._lock = threading.Lock()
@@ -79,6 +81,8 @@ class MemorySource(Source):
 
     def _pieces(self, path: str, start: int, end: int, action: str) -> Iterator[bytes]:
         data = self.files[path]
+        if self.block_after is not None and start >= self.block_after[0]:
+            self.block_after[1].wait(30)
         stop_at = start + (end - start) // 2 if action in ("reset", "stall") else end
         pos = start
         while pos < stop_at:

@@ -15,7 +15,10 @@ Resources and errors:
   stores are expected to time out their own reads, this is the backstop.
 - Cancellation (trio) abandons the reading threads at once and sets their stop flags; no file is ever renamed to
   its final name before its size and (when the store offers one) checksum are verified.
-- Finished chunks are recorded in the manifest every `manifest_interval` seconds, after an fdatasync of the part.
+- Each finished chunk's writeback to disk is started at once (writeback.py), so the fsync before publish is short.
+- Finished chunks are recorded in the manifest every `manifest_interval` seconds. The part file's data is flushed
+  to disk (fdatasync) only every `durable_interval` seconds and when the run ends: within one boot of the machine
+  the page cache already keeps a killed process's writes, and only a reboot needs them on disk (see state.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import trio
 from outrider.errors import InsufficientStorage, OutriderError, SourceError, SourceTransientError, VerificationFailed
 from outrider.settings import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
 from outrider.sources.base import PIECE_SIZE, RemoteFile, Source
-from outrider.transfer import checksums, state
+from outrider.transfer import checksums, state, writeback
 from outrider.transfer.paths import join_under
 from outrider.transfer.progress import FileProgress, Progress
 
@@ -58,6 +61,8 @@ class TransferOptions:
     backoff_max: float = 10.0
     stall_timeout: float = 120.0
     manifest_interval: float = 1.0
+    # How often finished chunks are flushed to disk so that they survive a reboot (not only a crash of outrider).
+    durable_interval: float = 30.0
     # Content checksums (MD5, sha256, CRC64) where the store offers them; sizes are checked regardless. Hashing is
     # the largest CPU cost of a download (MD5: about 1.3 CPU-seconds per GiB here), so an operator may trade it away.
     verify_checksums: bool = True
@@ -92,6 +97,7 @@ class _Attempt:
 
     pos: int
     end: int
+    start: int  # where the chunk begins (`pos` may be further on, when this attempt resumes a failed one)
     last_piece: float = dataclasses.field(default_factory=time.monotonic)
     cancelled: bool = False
     scope: trio.CancelScope | None = None
@@ -280,7 +286,7 @@ class _Run:
         pos, end = task.chunks[index]
         failures = 0
         while True:
-            attempt = _Attempt(pos, end)
+            attempt = _Attempt(pos, end, task.chunks[index][0])
             try:
                 await self._run_attempt(task, attempt)
                 return
@@ -334,6 +340,8 @@ class _Run:
                 attempt.pos += len(piece)
                 attempt.last_piece = time.monotonic()
                 self.progress.add(task.progress, len(piece))
+            if attempt.pos == attempt.end:
+                writeback.start_writeback(fd, attempt.start, attempt.end - attempt.start)
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
@@ -355,20 +363,35 @@ class _Run:
     # -- manifests -------------------------------------------------------------------------------------------
 
     async def _flusher(self) -> None:
+        # Without a boot id to tell a reboot from a crash, only flushed chunks may be recorded at all.
+        every_time = state.boot_id() is None
+        last_durable = trio.current_time()
         while True:
             await trio.sleep(self.opts.manifest_interval)
-            await self._flush()
+            durable = every_time or trio.current_time() - last_durable >= self.opts.durable_interval
+            await self._flush(durable=durable)
+            if durable:
+                last_durable = trio.current_time()
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, durable: bool = True) -> None:
         async with self.flush_lock:
-            dirty = [t for t in self.tasks if t.dirty and t.progress.state == "fetching"]
-            if not dirty:
+            fetching = [t for t in self.tasks if t.progress.state == "fetching"]
+            if durable:
+                todo = [t for t in fetching if t.dirty or t.manifest.done - t.manifest.durable]
+            else:
+                todo = [t for t in fetching if t.dirty]
+            if not todo:
                 return
             snapshots = []
-            for task in dirty:
+            for task in todo:
                 task.dirty = False
-                snapshots.append((task.final, dataclasses.replace(task.manifest, done=set(task.manifest.done))))
-            await trio.to_thread.run_sync(_save_manifests, snapshots)
+                done = set(task.manifest.done)
+                durable_set = done if durable else set(task.manifest.durable)
+                snapshots.append((task.final, dataclasses.replace(task.manifest, done=done, durable=durable_set)))
+            await trio.to_thread.run_sync(_save_manifests, snapshots, durable)
+            if durable:
+                for task, (_, saved) in zip(todo, snapshots, strict=True):
+                    task.manifest.durable |= saved.durable
 
     # -- verification and publish ----------------------------------------------------------------------------
 
@@ -468,15 +491,16 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def _save_manifests(snapshots: list[tuple[Path, state.Manifest]]) -> None:
-    """Thread: flush each part file's data, then record its finished chunks (never the other way round)."""
+def _save_manifests(snapshots: list[tuple[Path, state.Manifest]], durable: bool) -> None:
+    """Thread: record each file's finished chunks; when `durable`, flush its data first (never the other way round)."""
     for final, manifest in snapshots:
         try:
             fd = os.open(state.part_path(final), os.O_WRONLY)
         except FileNotFoundError:
             continue  # published (or removed) meanwhile
         try:
-            os.fdatasync(fd)
+            if durable:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         state.save_manifest(final, manifest)
