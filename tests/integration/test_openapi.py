@@ -68,6 +68,17 @@ async def test_docs_page_loads_without_the_internet(nursery: trio.Nursery, vllm:
     page = await o.client.get("/docs")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/openapi.json" in page.text
+    # Everything the page loads comes from this server: no CDN, so it works where the internet is out of reach.
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert urls and all(url.startswith("/docs/assets/") for url in urls), urls
+    for url, kind, marker in zip(
+        sorted(urls), ("text/javascript", "text/css"), ("SwaggerUIBundle", ".swagger-ui"), strict=True
+    ):
+        asset = await o.client.get(url)
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind), url
+        assert marker in asset.text
+    missing = await o.client.get("/docs/assets/passwd")
+    assert missing.status_code == 404 and missing.json()["error"]["field"] == "asset"
     o.shutdown.set()
 
 

@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from outrider.errors import OutriderError, error_body
-from outrider.http import adapters, compat_lora, downloads
+from outrider.http import adapters, compat_lora, docs_assets, downloads
 from outrider.http.body import error_field
 from outrider.http.guard import Guard
 from outrider.http.hot import ASGIApp, HotRoutes
@@ -52,8 +52,10 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.register_blueprint(adapters.blueprint)
     app.register_blueprint(compat_lora.blueprint)
     app.register_blueprint(downloads.blueprint)
-    # /openapi.json and /docs. The docs page is Swagger UI: its HTML comes from here, its script and style from a
-    # CDN (cdnjs), so without internet the page loads but stays blank; /openapi.json needs nothing outside.
+    # /openapi.json and /docs (Swagger UI, its script and style served from here: see http/docs_assets.py).
+    app.register_blueprint(docs_assets.blueprint)
+    app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = f"{docs_assets.ASSETS_PREFIX}/swagger-ui-bundle.js"
+    app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = f"{docs_assets.ASSETS_PREFIX}/swagger-ui.css"
     QuartSchema(
         app,
         openapi_path=OPENAPI_PATH,

@@ -33,7 +33,7 @@ from quart_schema.validation import (
 from werkzeug.routing.rules import Rule
 
 from outrider.adapters.names import MAX_NAME
-from outrider.http import models
+from outrider.http import docs_assets, models
 from outrider.http.guard import Guard
 from outrider.http.hot import HotRoutes, Receive, Scope, Send
 from outrider.runtime import Runtime
@@ -43,6 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 TEXT_STATUSES = "_outrider_text_statuses"
 BEARER = "bearer"
 OPENAPI_PATH = "/openapi.json"
+_TEXT_SCHEMA = {"schema": {"type": "string"}}
 DOCS_PATH = "/docs"
 _REF = "#/components/schemas/{model}"
 
@@ -209,9 +210,30 @@ class OutriderOpenAPI(OpenAPIProvider):
             },
             DOCS_PATH: {
                 "operationId": "get_docs",
-                "summary": "A browsable page of this API (Swagger UI; its script and style come from a CDN)",
+                "summary": "A browsable page of this API (Swagger UI)",
                 "responses": {
                     "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            },
+            f"{docs_assets.ASSETS_PREFIX}/{{asset}}": {
+                "operationId": "get_docs_asset",
+                "summary": "The page's script and style (Swagger UI, from the swagger-ui-bundle package)",
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(docs_assets.ASSETS)},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            kind.split(";")[0]: {"schema": {"type": "string"}} for kind in docs_assets.ASSETS.values()
+                        },
+                    },
+                    "404": _json(models.ErrorBody, "No such asset"),
                 },
             },
         }
