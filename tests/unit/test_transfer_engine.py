@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import trio
 
 from outrider.errors import SourceAccessDenied, SourceTransientError, VerificationFailed
 from outrider.sources.base import Checksum
-from outrider.transfer import download, state, writeback
+from outrider.transfer import download, engine, state, writeback
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
@@ -358,4 +359,31 @@ async def test_each_finished_chunk_has_its_writeback_started(tmp_path: Path, mon
     source.script.extend(["ok", "reset"])  # the second chunk is fetched in two attempts: still one whole range
     await fetch(source, tmp_path / "m", FAST)
     assert sorted(started) == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK), (3 * CHUNK, CHUNK), (4 * CHUNK, 100)]
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+async def test_one_file_is_written_by_one_thread_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    active: collections.Counter[int] = collections.Counter()
+    most = 0
+    lock = threading.Lock()
+    real = engine._pwrite_all
+
+    def tracked(fd: int, data: bytes, offset: int) -> None:
+        nonlocal most
+        inode = os.fstat(fd).st_ino
+        with lock:
+            active[inode] += 1
+            most = max(most, active[inode])
+        try:
+            time.sleep(0.002)  # widens the window in which a second writer of the same file would be seen
+            real(fd, data, offset)
+        finally:
+            with lock:
+                active[inode] -= 1
+
+    monkeypatch.setattr(engine, "_pwrite_all", tracked)
+    data = os.urandom(16 * CHUNK)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE)
+    await fetch(source, tmp_path / "m", TransferOptions(workers=8, chunk_size=CHUNK))
+    assert most == 1
     assert_tree(tmp_path / "m", {"big.bin": data})
