@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -233,27 +234,9 @@ async def test_within_one_boot_recorded_chunks_are_trusted_without_a_sync(tmp_pa
     assert source.reads_of("big.bin") == [(i * CHUNK, (i + 1) * CHUNK) for i in range(3, 8)]
 
 
-async def test_the_periodic_record_does_not_wait_for_a_sync(tmp_path: Path) -> None:
-    """Between syncs the manifest grows in `done` only; `durable` catches up at the next sync."""
-    data = os.urandom(8 * CHUNK)
-    gate = threading.Event()
-    source = MemorySource({"big.bin": data}, piece_size=PIECE)
-    source.block_after = (4 * CHUNK, gate)  # the store hangs after half the file until the test lets it go
-    options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=0.01, durable_interval=3600)
-    path = tmp_path / "m" / "big.bin.part.json"
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fetch, source, tmp_path / "m", options)
-        with trio.fail_after(10):
-            # Polling is the point: the manifest on disk is what a restarted process would read.
-            while not path.exists() or len(json.loads(path.read_text())["done"]) < 4:  # noqa: ASYNC110
-                await trio.sleep(0.01)
-        assert json.loads(path.read_text())["durable"] == []
-        gate.set()
-    assert_tree(tmp_path / "m", {"big.bin": data})
-
-
-async def test_without_a_boot_id_every_record_is_synced_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state, "_BOOT_ID_FILE", tmp_path / "no-such-file")
+async def manifest_while_held_halfway(tmp_path: Path, field: str) -> dict[str, Any]:
+    """Fetch an 8-chunk file from a store that hangs after 4 chunks; return the manifest on disk as soon as its
+    `field` lists those 4, then let the store go on and check the file arrives whole."""
     data = os.urandom(8 * CHUNK)
     gate = threading.Event()
     source = MemorySource({"big.bin": data}, piece_size=PIECE)
@@ -263,10 +246,27 @@ async def test_without_a_boot_id_every_record_is_synced_first(tmp_path: Path, mo
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fetch, source, tmp_path / "m", options)
         with trio.fail_after(10):
-            while not path.exists() or len(json.loads(path.read_text())["durable"]) < 4:  # noqa: ASYNC110
+            # Polling is the point: the manifest on disk is what a restarted process would read.
+            while True:
+                manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+                if len(manifest.get(field, ())) >= 4:
+                    break
                 await trio.sleep(0.01)
         gate.set()
     assert_tree(tmp_path / "m", {"big.bin": data})
+    return manifest
+
+
+async def test_the_periodic_record_does_not_wait_for_a_sync(tmp_path: Path) -> None:
+    """Between syncs the manifest grows in `done` only; `durable` catches up at the next sync."""
+    manifest = await manifest_while_held_halfway(tmp_path, "done")
+    assert manifest["durable"] == []
+
+
+async def test_without_a_boot_id_every_record_is_synced_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state, "_BOOT_ID_FILE", tmp_path / "no-such-file")
+    manifest = await manifest_while_held_halfway(tmp_path, "durable")
+    assert manifest["durable"] == manifest["done"]
 
 
 async def test_resume_starts_over_when_the_remote_file_changed(tmp_path: Path) -> None:
