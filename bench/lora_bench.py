@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e.engine import VllmProcess, build_adapter, build_tiny_model, free_port  # noqa: E402
 from tests.fakes.lora_engine import FakeLoraEngine  # noqa: E402
+from tests.processes import stop  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -60,12 +60,7 @@ def outrider(engine_url: str, root: Path, interval: float) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 async def poll(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:

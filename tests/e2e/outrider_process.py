@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 
 from tests.e2e.engine import free_port
+from tests.processes import stop
 
 
 @contextlib.contextmanager
@@ -39,9 +39,4 @@ def outrider_process(*args: str, env: dict[str, str] | None = None) -> Iterator[
             time.sleep(0.05)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import trio
 
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import wait_until
+from tests.processes import stop
 from tests.servers.moto import MotoServer, free_port
 
 API_TOKEN = "apitoken-OUTRIDER-SECRET-0001"
@@ -217,12 +217,7 @@ async def test_no_secret_reaches_logs_bodies_records_or_metrics(
         assert ENGINE_KEY in engine.seen_headers[-1].get("authorization", "")  # the key was in use
     finally:
         await api.client.aclose()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         engine.stop()
 
     log = (tmp_path / "stderr.log").read_text()
