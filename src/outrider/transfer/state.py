@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -39,8 +40,14 @@ _BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 def boot_id() -> str | None:
     """This boot of the machine (Linux), or None where the kernel does not say: then every chunk must be durable."""
+    return _read_boot_id(_BOOT_ID_FILE)
+
+
+@functools.cache
+def _read_boot_id(path: Path) -> str | None:
+    # Read once per path: it cannot change while the process lives, and every manifest save asks for it.
     try:
-        return _BOOT_ID_FILE.read_text().strip() or None
+        return path.read_text().strip() or None
     except OSError:
         return None
 
