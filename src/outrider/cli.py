@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from outrider import __version__
-from outrider.settings import Settings, SettingsError, from_raw
+from outrider.settings import Settings, SettingsError, from_raw, parse_log_format_setting, parse_log_level
 from outrider.sources.options import SourceOptions, env_defaults
 
 if TYPE_CHECKING:
@@ -235,7 +235,6 @@ DOWNLOAD_OPTIONS: tuple[Option, ...] = tuple(
     dataclasses.replace(o, flags=("--workers", *o.flags)) if o.dest == "download_workers" else o
     for o in DOWNLOAD_SETTINGS_OPTIONS
 ) + tuple(o for o in SERVE_OPTIONS if o.dest in ("log_level", "log_format"))
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
@@ -346,12 +345,6 @@ def _download_logging(raw: Mapping[str, str | None], defaults: SourceOptions) ->
     """`outrider download` logs like `serve` (the progress display is separate); warnings and up by default."""
     from outrider import logs
 
-    level = (raw.get("log_level") or "warning").strip().lower()
-    if level not in LOG_LEVELS:
-        raise SettingsError(f"--log-level: expected debug, info, warning or error, got {level!r}")
-    try:
-        fmt = logs.parse_log_format(raw.get("log_format"))
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-    logs.configure(level, fmt)
+    level = parse_log_level((raw.get("log_level") or "warning").strip())
+    logs.configure(level, parse_log_format_setting(raw.get("log_format")))
     logs.REDACTOR.register(logs.source_secrets(defaults), pinned=True)

@@ -259,7 +259,18 @@ def parse_verify(raw: str) -> bool:
     return value == "checksum"
 
 
-def _log_format(raw: str | None) -> str | None:
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_log_level(raw: str) -> str:
+    level = raw.lower()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"--log-level: expected debug, info, warning or error, got {level!r}")
+    return level
+
+
+def parse_log_format_setting(raw: str | None) -> str | None:
+    """`--log-format` (json, text, or None for the terminal-dependent default), as a SettingsError when wrong."""
     try:
         return parse_log_format(raw)
     except ValueError as exc:
@@ -279,9 +290,7 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
     prefix = get("metrics_prefix", "outrider")
     if not _PREFIX_RE.match(prefix):
         raise SettingsError(f"--metrics-prefix: {prefix!r} is not a valid metric name prefix")
-    log_level = get("log_level", "info").lower()
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise SettingsError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    log_level = parse_log_level(get("log_level", "info"))
     kv_endpoint = raw.get("kv_events_endpoint") or None
     if kv_endpoint is not None:
         kv_endpoint = parse_zmq_endpoint(kv_endpoint, "--kv-events-endpoint")
@@ -312,7 +321,7 @@ def from_raw(raw: Mapping[str, str | None]) -> Settings:
         metrics_profiles=parse_profiles(get("metrics_profile", "outrider")),
         metrics_prefix=prefix,
         log_level=log_level,
-        log_format=_log_format(raw.get("log_format")),
+        log_format=parse_log_format_setting(raw.get("log_format")),
         shutdown_grace=parse_seconds(get("shutdown_grace", "1"), "--shutdown-grace"),
         api_token=parse_api_token(raw.get("api_token")),
         protect_metrics=parse_bool(get("protect_metrics", "false"), "--protect-metrics"),
