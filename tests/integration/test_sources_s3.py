@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import os
 import threading
+import zlib
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
+import boto3
 import pytest
+import trio
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 
-from outrider.errors import SourceAccessDenied, SourceNotFound, SourceTransientError
+from outrider.errors import SourceAccessDenied, SourceNotFound, SourceTransientError, VerificationFailed
 from outrider.sources import Source, SourceOptions, open_source
 from outrider.sources.base import PIECE_SIZE
+from outrider.transfer import download, state
+from outrider.transfer.engine import Transfer, TransferOptions
+from outrider.transfer.plan import Filters
+from outrider.transfer.progress import Progress
 from tests.servers.faults import FaultServer
-from tests.servers.moto import MotoServer, free_port
+from tests.servers.moto import ADMIN, REGION, MotoServer, free_port
 from tests.servers.tree import BIG, BIG_RANGES, BIG_SIZE, md5_hex, model_tree, read_all
 
 BUCKET = "models"
@@ -31,10 +43,52 @@ def moto() -> Iterator[MotoServer]:
         # neighbours that must not leak into the listing: a sibling prefix, a folder marker, another tree
         files.update({f"{PREFIX}-sibling/x.bin": b"x", f"{PREFIX}/folder-marker/": b"", "other/y.bin": b"y"})
         server.seed(BUCKET, files)
+        seed_checksums(server)
+        LISTER.extend(server.create_user("lister", ["s3:ListBucket"]))
         server.enforce_auth(True)
         yield server
     finally:
         server.stop()
+
+
+# A bucket whose objects carry S3's additional checksums in the ways uploads leave them.
+SUMS = "sums"
+SUM_FILES = {name: os.urandom(3 * PIECE_SIZE + 17) for name in ("plain", "crc32", "sha256", "multipart")}
+WRONG = os.urandom(2 * PIECE_SIZE)
+LISTER: list[str] = []  # access key and secret of a user that may list but not read
+
+
+def seed_checksums(server: MotoServer) -> None:
+    s3 = server.client("s3", ADMIN)  # botocore's default: a CRC32 with every upload
+    # Checksums only where an operation requires one: what older SDKs and many other tools upload.
+    plain = boto3.session.Session().client(
+        "s3",
+        endpoint_url=server.url,
+        region_name=REGION,
+        aws_access_key_id=ADMIN[0],
+        aws_secret_access_key=ADMIN[1],
+        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"),
+    )
+    s3.create_bucket(Bucket=SUMS)
+    plain.put_object(Bucket=SUMS, Key="m/plain", Body=SUM_FILES["plain"])
+    s3.put_object(Bucket=SUMS, Key="m/crc32", Body=SUM_FILES["crc32"])
+    s3.put_object(Bucket=SUMS, Key="m/sha256", Body=SUM_FILES["sha256"], ChecksumAlgorithm="SHA256")
+    parts = TransferConfig(multipart_threshold=5 * PIECE_SIZE // 2, multipart_chunksize=5 * PIECE_SIZE // 2)
+    s3.upload_fileobj(_Reader(SUM_FILES["multipart"]), SUMS, "m/multipart", Config=parts)
+    # moto stores a checksum it is given without checking it (real S3 refuses the upload: BadDigest). Here that
+    # stands for bytes that changed between the store's checksum and us.
+    wrong = base64.b64encode((zlib.crc32(WRONG) ^ 1).to_bytes(4, "big")).decode()
+    s3.put_object(Bucket=SUMS, Key="bad/w.bin", Body=WRONG, ChecksumAlgorithm="CRC32", ChecksumCRC32=wrong)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else self._pos + n
+        piece, self._pos = self._data[self._pos : end], min(end, len(self._data))
+        return piece
 
 
 def s3_source(
@@ -45,7 +99,7 @@ def s3_source(
     return open_source(source, options, pvc_root=None, max_workers=max_workers)
 
 
-def test_lists_the_tree_with_sizes_md5_and_etag_versions(moto: MotoServer) -> None:
+def test_lists_the_tree_with_sizes_checksums_and_etag_versions(moto: MotoServer) -> None:
     source = s3_source(moto)
     files = {f.path: f for f in source.list_files()}
     assert set(files) == set(TREE)
@@ -53,10 +107,49 @@ def test_lists_the_tree_with_sizes_md5_and_etag_versions(moto: MotoServer) -> No
         assert files[path].size == len(data)
         checksum = files[path].checksum
         assert checksum is not None
-        assert (checksum.algorithm, checksum.value) == ("md5", md5_hex(data))
+        # Uploaded by a current boto3, so each object also has a CRC32: cheaper to verify than the ETag's MD5.
+        assert (checksum.algorithm, checksum.value) == ("crc32", f"{zlib.crc32(data):08x}")
         assert files[path].version == md5_hex(data)
     assert source.display == f"s3://{BUCKET}/{PREFIX}"
     assert source.revision is None
+
+
+def test_each_object_gets_the_cheapest_whole_object_checksum_it_has(moto: MotoServer) -> None:
+    files = {f.path: f.checksum for f in s3_source(moto, f"s3://{SUMS}/m").list_files()}
+    checksums = {path: (c.algorithm, c.value) if c else None for path, c in files.items()}
+    assert checksums == {
+        "plain": ("md5", md5_hex(SUM_FILES["plain"])),  # no additional checksum: the single-part ETag
+        "crc32": ("crc32", f"{zlib.crc32(SUM_FILES['crc32']):08x}"),
+        "sha256": ("sha256", hashlib.sha256(SUM_FILES["sha256"]).hexdigest()),
+        # A multipart ETag is no MD5, and moto does not say whether its CRC32 covers the object or the parts.
+        "multipart": None,
+    }
+
+
+def test_a_user_who_may_list_but_not_read_still_gets_the_listing(moto: MotoServer) -> None:
+    source = s3_source(moto, f"s3://{SUMS}/m", access_key=LISTER[0], secret_key=LISTER[1])
+    files = {f.path: f.checksum for f in source.list_files()}
+    # HeadObject was refused, so the ETag's MD5 stands; the read will be refused in the job, as for any object.
+    assert files["crc32"] is not None and files["crc32"].algorithm == "md5"
+    with pytest.raises(SourceAccessDenied):
+        read_all(source, "crc32", 0, 1)
+
+
+async def fetch_s3(moto: MotoServer, uri: str, dest: Path) -> None:
+    source = s3_source(moto, uri)
+    options = TransferOptions(workers=4, chunk_size=2 * PIECE_SIZE)
+    prepared = await trio.to_thread.run_sync(download.prepare, source, Filters(), dest, options.chunk_size)
+    progress = download.progress_for(prepared, Progress())
+    await download.run(prepared, Transfer(options), progress, threading.Event())
+
+
+async def test_downloads_verify_against_the_checksums_s3_keeps(moto: MotoServer, tmp_path: Path) -> None:
+    await fetch_s3(moto, f"s3://{SUMS}/m", tmp_path / "good")
+    for name, data in SUM_FILES.items():
+        assert (tmp_path / "good" / name).read_bytes() == data
+    with pytest.raises(VerificationFailed, match="crc32 mismatch"):
+        await fetch_s3(moto, f"s3://{SUMS}/bad", tmp_path / "bad")
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == [state.RECORD_NAME]
 
 
 def test_lists_a_whole_bucket(moto: MotoServer) -> None:
@@ -188,8 +281,8 @@ def test_path_escape_in_a_read_is_refused(moto: MotoServer) -> None:
             list(source.read_range(bad, 0, 1))
 
 
-def test_md5_digest_is_over_the_served_bytes(moto: MotoServer) -> None:
+def test_listed_checksum_is_over_the_served_bytes(moto: MotoServer) -> None:
     source = s3_source(moto)
-    digest = hashlib.md5(read_all(source, BIG, 0, BIG_SIZE)).hexdigest()
+    served = read_all(source, BIG, 0, BIG_SIZE)
     listed = {f.path: f for f in source.list_files()}[BIG].checksum
-    assert listed is not None and listed.value == digest
+    assert listed is not None and listed.value == f"{zlib.crc32(served):08x}"

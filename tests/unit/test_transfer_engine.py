@@ -17,6 +17,7 @@ import trio
 from outrider.errors import SourceAccessDenied, SourceTransientError, VerificationFailed
 from outrider.sources.base import Checksum
 from outrider.transfer import download, engine, state, writeback
+from outrider.transfer.checksums import SUPPORTED
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
@@ -148,7 +149,7 @@ async def test_permanent_errors_fail_fast_with_the_store_message(tmp_path: Path)
     assert final_names(tmp_path / "m") <= {state.RECORD_NAME, "empty.txt"}  # empty.txt needs no read
 
 
-@pytest.mark.parametrize("algorithm", ["sha256", "md5", "crc64ecma"])
+@pytest.mark.parametrize("algorithm", SUPPORTED)
 async def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, algorithm: str) -> None:
     files = {"a.safetensors": os.urandom(3 * CHUNK), "b.json": b"{}"}
     source = MemorySource(files, piece_size=PIECE)
@@ -159,7 +160,7 @@ async def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, alg
     assert final_names(tmp_path / "m") <= {state.RECORD_NAME}
 
 
-@pytest.mark.parametrize("algorithm", ["md5", "crc64ecma"])
+@pytest.mark.parametrize("algorithm", SUPPORTED)
 async def test_store_checksums_of_every_kind_verify(tmp_path: Path, algorithm: str) -> None:
     from outrider.transfer.checksums import new_digest
 

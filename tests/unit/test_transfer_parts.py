@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,8 +12,10 @@ import pytest
 from outrider.cli import build_parser, serve_settings
 from outrider.errors import InvalidRequest, InvalidSource, SourceNotFound
 from outrider.settings import SettingsError, parse_size
-from outrider.sources.base import Checksum, RemoteFile
-from outrider.transfer.checksums import Crc64Ecma, matches, new_digest
+from outrider.sources.base import VERIFY_COST, Checksum, RemoteFile
+from outrider.sources.s3 import checksum_from_head
+from outrider.transfer import state
+from outrider.transfer.checksums import SUPPORTED, Crc64Ecma, matches, new_digest
 from outrider.transfer.paths import confine, join_under
 from outrider.transfer.plan import Filters, select
 
@@ -44,7 +48,72 @@ def test_checksum_comparison_rules() -> None:
     assert matches(Checksum("md5", "ABCDEF"), "abcdef")
     assert matches(Checksum("crc64ecma", "0042"), "42")
     assert not matches(Checksum("crc64ecma", "not-a-number"), "42")
-    assert new_digest(Checksum("sha1", "x")) is None  # unknown algorithms are not verified, not failed
+    assert new_digest(Checksum("whirlpool", "x")) is None  # unknown algorithms are not verified, not failed
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "check"),
+    [  # the check values ("123456789") of the CRC catalogue and of the hash standards
+        ("crc32", "cbf43926"),
+        ("crc32c", "e3069283"),
+        ("crc64nvme", "ae8b14860a799888"),
+        ("sha1", "f7c3bc1d808e04732adf679965ccc34ca7ae3441"),
+        ("sha256", "15e2b0d3c33891ebb0f1ef609ec419420c20e320ce94c65fbc8c3312448eb225"),
+        ("md5", "25f9e794323b453885f5181f1b624d0b"),
+    ],
+)
+def test_store_checksums_match_their_check_values_fed_in_pieces(algorithm: str, check: str) -> None:
+    digest = new_digest(Checksum(algorithm, check))
+    assert digest is not None
+    for piece in (b"1", b"2345", b"", b"6789"):
+        digest.update(piece)
+    assert matches(Checksum(algorithm, check.upper()), digest.value())
+
+
+def test_every_ranked_checksum_can_be_computed() -> None:
+    assert set(VERIFY_COST) == set(SUPPORTED)
+
+
+def _b64(hex_value: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_value)).decode()
+
+
+def test_s3_head_checksums_only_of_the_whole_object_and_the_cheapest() -> None:
+    sha = "ab" * 32
+    both = {"ChecksumSHA256": _b64(sha), "ChecksumCRC32": _b64("0a0b0c0d")}
+    assert checksum_from_head({**both, "ChecksumType": "FULL_OBJECT"}, single_part=False) == Checksum(
+        "crc32", "0a0b0c0d"
+    )
+    assert checksum_from_head({"ChecksumSHA256": _b64(sha)}, single_part=True) == Checksum("sha256", sha)
+    # A checksum of the parts' checksums says nothing we can compute from the bytes.
+    assert checksum_from_head({**both, "ChecksumType": "COMPOSITE"}, single_part=False) is None
+    assert checksum_from_head(both, single_part=False) is None  # multipart and no type given: could be composite
+    composite_value = {"ChecksumCRC32": _b64("0a0b0c0d") + "-3", "ChecksumSHA256": _b64(sha)}
+    assert checksum_from_head(composite_value, single_part=True) == Checksum("sha256", sha)
+    assert checksum_from_head({"ChecksumCRC32": "not base64!"}, single_part=True) is None
+    assert checksum_from_head({"ETag": '"x"'}, single_part=True) is None
+
+
+def test_a_new_checksum_for_the_same_version_keeps_published_and_partial_files(tmp_path: Path) -> None:
+    final = tmp_path / "w.bin"
+    final.write_bytes(b"x" * 10)
+    old = RemoteFile("w.bin", 10, Checksum("md5", "ab" * 16), "etag-1")
+    record = state.Record("s3://b/m", None, {"w.bin": state.remote_identity(old)})
+    offered = RemoteFile("w.bin", 10, Checksum("crc32", "0a0b0c0d"), "etag-1")
+    assert record.is_current(tmp_path, offered, final)
+    assert not record.is_current(tmp_path, RemoteFile("w.bin", 10, offered.checksum, "etag-2"), final)
+    assert not record.is_current(tmp_path, RemoteFile("w.bin", 11, offered.checksum, "etag-1"), final)
+    # Without a version, the checksum is all that tells two contents apart.
+    unversioned = state.Record("x", None, {"w.bin": state.remote_identity(dataclasses.replace(old, version=None))})
+    assert not unversioned.is_current(tmp_path, dataclasses.replace(offered, version=None), final)
+    assert unversioned.is_current(tmp_path, dataclasses.replace(old, version=None), final)
+
+    part = tmp_path / "p.bin"
+    state.part_path(part).write_bytes(b"\0" * 10)
+    state.save_manifest(part, state.Manifest(state.remote_identity(old), 4, {0, 2}, {0, 2}))
+    resumed = state.load_manifest(part, offered, 4)
+    assert resumed is not None and resumed.done == {0, 2}
+    assert state.load_manifest(part, dataclasses.replace(offered, version="etag-2"), 4) is None
 
 
 @pytest.fixture

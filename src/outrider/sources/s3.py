@@ -10,12 +10,22 @@ identity, instance profile) when the options allow ambient credentials, else uns
 
 Checksums: a single-part upload's ETag is the MD5 of the object (32 hex digits, no '-'); a multipart ETag is not,
 and neither is the ETag of an SSE-KMS/SSE-C object, which this module cannot tell apart from a plain one.
+S3 also keeps "additional checksums" (CRC32, CRC32C, CRC64NVME, SHA1, SHA256): current SDKs send CRC32 with every
+upload, and S3 adds CRC64NVME to new objects that came without one. The listing names an object's algorithms
+(`ChecksumAlgorithm`), not values, so when it names one cheaper to verify than what the ETag gives (or the ETag
+gives nothing: multipart), one HeadObject with `ChecksumMode=ENABLED` fetches the value. Only a checksum of the
+whole object is usable: `ChecksumType: FULL_OBJECT`, or a single-part object (its checksum is always over the whole
+object). A multipart COMPOSITE checksum is a checksum of the parts' checksums (its value ends in `-N`) and is skipped.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import boto3
@@ -39,9 +49,20 @@ from outrider.sources._common import (
     secrets_of,
     store_error,
 )
-from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
+from outrider.sources.base import PIECE_SIZE, VERIFY_COST, Checksum, RemoteFile, Source
 from outrider.sources.options import SourceOptions
 from outrider.sources.uri import BucketRef
+
+# HeadObject output field for each additional checksum S3 keeps, under our algorithm names.
+_HEAD_FIELDS = {
+    "crc32": "ChecksumCRC32",
+    "crc32c": "ChecksumCRC32C",
+    "crc64nvme": "ChecksumCRC64NVME",
+    "sha1": "ChecksumSHA1",
+    "sha256": "ChecksumSHA256",
+}
+# HeadObject calls in flight at once while listing: a tree has a handful of files, a bucket may have thousands.
+HEAD_THREADS = 8
 
 DEFAULT_REGION = "us-east-1"
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
@@ -65,6 +86,37 @@ def md5_from_etag(etag: str | None) -> Checksum | None:
         return None
     value = etag.strip('"').lower()
     return Checksum("md5", value) if _MD5_ETAG.match(value) else None
+
+
+def _rank(algorithm: str | None) -> int:
+    """Where an algorithm stands in VERIFY_COST (lower is cheaper); none at all ranks last."""
+    return VERIFY_COST.index(algorithm) if algorithm in VERIFY_COST else len(VERIFY_COST)
+
+
+def _rank_of(checksum: Checksum | None) -> int:
+    return _rank(checksum.algorithm if checksum is not None else None)
+
+
+def _listed_algorithms(obj: Mapping[str, Any]) -> list[str]:
+    """The additional checksums the listing says an object has, under our names, cheapest first."""
+    names = [str(name).lower() for name in obj.get("ChecksumAlgorithm") or []]
+    return sorted((name for name in names if name in _HEAD_FIELDS), key=_rank)
+
+
+def checksum_from_head(head: Mapping[str, Any], single_part: bool) -> Checksum | None:
+    """The cheapest whole-object checksum in a HeadObject answer (values are base64; ours are hex)."""
+    checksum_type = head.get("ChecksumType")
+    if checksum_type != "FULL_OBJECT" and not (checksum_type is None and single_part):
+        return None
+    for algorithm in sorted(_HEAD_FIELDS, key=_rank):
+        value = head.get(_HEAD_FIELDS[algorithm])
+        if not isinstance(value, str) or "-" in value:
+            continue
+        try:
+            return Checksum(algorithm, base64.b64decode(value, validate=True).hex())
+        except (binascii.Error, ValueError):
+            continue  # not base64: a store's oddity, not worth failing the listing for
+    return None
 
 
 def raise_for_botocore(exc: Exception, display: str, secrets: tuple[str, ...], what: str) -> NoReturn:
@@ -118,6 +170,7 @@ class S3Source(Source):
     def list_files(self) -> list[RemoteFile]:
         prefix = list_prefix(self._prefix)
         files: list[RemoteFile] = []
+        better: list[int] = []  # files whose listing names a cheaper checksum than their ETag gives
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
@@ -126,12 +179,36 @@ class S3Source(Source):
                     if rel is None:
                         continue
                     etag = str(obj.get("ETag", "")).strip('"') or None
-                    files.append(RemoteFile(rel, int(obj["Size"]), md5_from_etag(etag), etag))
+                    remote = RemoteFile(rel, int(obj["Size"]), md5_from_etag(etag), etag)
+                    files.append(remote)
+                    listed = _listed_algorithms(obj)
+                    if listed and _rank(listed[0]) < _rank_of(remote.checksum):
+                        better.append(len(files) - 1)
         except Exception as exc:
             raise_for_botocore(exc, self.display, self._secrets, "list")
         if not files:
             raise SourceNotFound(f"{self.display}: no objects under this prefix")
+        if better:
+            with ThreadPoolExecutor(min(HEAD_THREADS, len(better))) as pool:
+                found = list(pool.map(self._head_checksum, [files[i] for i in better]))
+            for index, checksum in zip(better, found, strict=True):
+                if _rank_of(checksum) < _rank_of(files[index].checksum):
+                    files[index] = dataclasses.replace(files[index], checksum=checksum)
         return files
+
+    def _head_checksum(self, remote: RemoteFile) -> Checksum | None:
+        key = key_for(self._prefix, remote.path)
+        try:
+            try:
+                head = self._client.head_object(Bucket=self._bucket, Key=key, ChecksumMode="ENABLED")
+            except Exception as exc:
+                raise_for_botocore(exc, self.display, self._secrets, f"head {remote.path}")
+        except (SourceAccessDenied, SourceNotFound):
+            # Not allowed to read the object, or it went away since the listing: the read will say so, in the job,
+            # as it does for objects without additional checksums. The listing itself stands.
+            return None
+        single_part = remote.version is not None and "-" not in remote.version
+        return checksum_from_head(head, single_part)
 
     def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         check_range(start, end)

@@ -103,6 +103,16 @@ def remote_identity(remote: RemoteFile) -> dict[str, Any]:
     return {"size": remote.size, "version": remote.version, "checksum": _checksum_json(remote.checksum)}
 
 
+def same_remote(stored: dict[str, Any], remote: RemoteFile) -> bool:
+    """Does a stored identity describe the same remote content? Size and version decide; the checksum only where
+    the store gives no version. A store may offer a different (cheaper) checksum of the same object over time:
+    S3 adds additional checksums, and a newer outrider picks another one. That must not refetch a whole model."""
+    current = remote_identity(remote)
+    if stored.get("size") != current["size"] or stored.get("version") != current["version"]:
+        return False
+    return remote.version is not None or stored.get("checksum") == current["checksum"]
+
+
 @dataclasses.dataclass
 class Manifest:
     """The finished chunks of one part file: `done` (in the page cache at least) and `durable` (flushed to disk)."""
@@ -128,9 +138,9 @@ def load_manifest(final: Path, remote: RemoteFile, chunk_size: int) -> Manifest 
     data = _read_json(manifest_path(final))
     if data is None or data.get("format") != _MANIFEST_FORMAT or data.get("chunk_size") != chunk_size:
         return None
-    identity = remote_identity(remote)
-    if any(data.get(k) != v for k, v in identity.items()):
+    if not same_remote(data, remote):
         return None
+    identity = remote_identity(remote)
     try:
         if os.stat(part_path(final)).st_size != remote.size:
             return None
@@ -174,7 +184,7 @@ class Record:
     def is_current(self, dest: Path, remote: RemoteFile, final: Path) -> bool:
         """Is `final` already the published copy of `remote`? (listing unchanged and size on disk right)"""
         entry = self.files.get(remote.path)
-        if entry != remote_identity(remote):
+        if entry is None or not same_remote(entry, remote):
             return False
         try:
             return os.stat(final).st_size == remote.size
