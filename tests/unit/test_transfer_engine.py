@@ -270,6 +270,34 @@ async def test_without_a_boot_id_every_record_is_synced_first(tmp_path: Path, mo
     assert manifest["durable"] == manifest["done"]
 
 
+async def test_a_record_between_syncs_keeps_what_the_last_sync_made_durable(tmp_path: Path) -> None:
+    data = os.urandom(8 * CHUNK)
+    first, second = threading.Event(), threading.Event()
+    source = MemorySource({"big.bin": data}, piece_size=PIECE)
+    source.block_after = (4 * CHUNK, first)
+    options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=0.01, durable_interval=0.5)
+    path = tmp_path / "m" / "big.bin.part.json"
+
+    async def on_disk(field: str, count: int) -> dict[str, Any]:
+        # Polling is the point: the manifest on disk is what a restarted process would read.
+        with trio.fail_after(10):
+            while True:
+                manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+                if len(manifest.get(field, ())) >= count:
+                    return manifest
+                await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch, source, tmp_path / "m", options)
+        await on_disk("durable", 4)  # a sync came round while the store held chunk 4
+        source.block_after = (6 * CHUNK, second)
+        first.set()
+        manifest = await on_disk("done", 6)  # recorded by the next records, most likely before the next sync
+        second.set()
+    assert set(manifest["durable"]) >= {0, 1, 2, 3}
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
 async def test_resume_starts_over_when_the_remote_file_changed(tmp_path: Path) -> None:
     source = MemorySource({"big.bin": os.urandom(4 * CHUNK)}, piece_size=PIECE)
     source.script.extend(["ok", "deny"])
