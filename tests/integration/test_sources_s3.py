@@ -53,7 +53,7 @@ def moto() -> Iterator[MotoServer]:
 
 # A bucket whose objects carry S3's additional checksums in the ways uploads leave them.
 SUMS = "sums"
-SUM_FILES = {name: os.urandom(3 * PIECE_SIZE + 17) for name in ("plain", "crc32", "sha256", "multipart")}
+SUM_FILES = {name: os.urandom(3 * PIECE_SIZE + 17) for name in ("plain", "crc32", "sha256", "multipart", "kms")}
 WRONG = os.urandom(2 * PIECE_SIZE)
 LISTER: list[str] = []  # access key and secret of a user that may list but not read
 
@@ -71,6 +71,8 @@ def seed_checksums(server: MotoServer) -> None:
     )
     s3.create_bucket(Bucket=SUMS)
     plain.put_object(Bucket=SUMS, Key="m/plain", Body=SUM_FILES["plain"])
+    # moto keeps the MD5 as the ETag of a KMS-encrypted object; real S3 does not (the ETag is then no MD5).
+    plain.put_object(Bucket=SUMS, Key="m/kms", Body=SUM_FILES["kms"], ServerSideEncryption="aws:kms")
     s3.put_object(Bucket=SUMS, Key="m/crc32", Body=SUM_FILES["crc32"])
     s3.put_object(Bucket=SUMS, Key="m/sha256", Body=SUM_FILES["sha256"], ChecksumAlgorithm="SHA256")
     parts = TransferConfig(multipart_threshold=5 * PIECE_SIZE // 2, multipart_chunksize=5 * PIECE_SIZE // 2)
@@ -123,6 +125,7 @@ def test_each_object_gets_the_cheapest_whole_object_checksum_it_has(moto: MotoSe
         "sha256": ("sha256", hashlib.sha256(SUM_FILES["sha256"]).hexdigest()),
         # A multipart ETag is no MD5, and moto does not say whether its CRC32 covers the object or the parts.
         "multipart": None,
+        "kms": None,  # encrypted with a KMS key: its ETag is not an MD5 on S3, and it has no other checksum
     }
 
 

@@ -79,19 +79,23 @@ def _b64(hex_value: str) -> str:
 
 
 def test_s3_head_checksums_only_of_the_whole_object_and_the_cheapest() -> None:
-    sha = "ab" * 32
+    sha, md5 = "ab" * 32, Checksum("md5", "cd" * 16)
     both = {"ChecksumSHA256": _b64(sha), "ChecksumCRC32": _b64("0a0b0c0d")}
-    assert checksum_from_head({**both, "ChecksumType": "FULL_OBJECT"}, single_part=False) == Checksum(
-        "crc32", "0a0b0c0d"
-    )
-    assert checksum_from_head({"ChecksumSHA256": _b64(sha)}, single_part=True) == Checksum("sha256", sha)
+    crc32 = Checksum("crc32", "0a0b0c0d")
+    assert checksum_from_head({**both, "ChecksumType": "FULL_OBJECT"}, None, single_part=False) == crc32
+    assert checksum_from_head({"ChecksumSHA256": _b64(sha)}, md5, single_part=True) == Checksum("sha256", sha)
+    assert checksum_from_head({"ChecksumCRC32C": _b64("01020304")}, md5, single_part=True) == md5
     # A checksum of the parts' checksums says nothing we can compute from the bytes.
-    assert checksum_from_head({**both, "ChecksumType": "COMPOSITE"}, single_part=False) is None
-    assert checksum_from_head(both, single_part=False) is None  # multipart and no type given: could be composite
+    assert checksum_from_head({**both, "ChecksumType": "COMPOSITE"}, None, single_part=False) is None
+    assert checksum_from_head(both, None, single_part=False) is None  # multipart and no type given: could be composite
     composite_value = {"ChecksumCRC32": _b64("0a0b0c0d") + "-3", "ChecksumSHA256": _b64(sha)}
-    assert checksum_from_head(composite_value, single_part=True) == Checksum("sha256", sha)
-    assert checksum_from_head({"ChecksumCRC32": "not base64!"}, single_part=True) is None
-    assert checksum_from_head({"ETag": '"x"'}, single_part=True) is None
+    assert checksum_from_head(composite_value, None, single_part=True) == Checksum("sha256", sha)
+    assert checksum_from_head({"ChecksumCRC32": "not base64!"}, None, single_part=True) is None
+    # The ETag of an object encrypted with a KMS or customer key is not its MD5; SSE-S3's is.
+    for encrypted in ({"ServerSideEncryption": "aws:kms"}, {"SSECustomerAlgorithm": "AES256"}):
+        assert checksum_from_head(encrypted, md5, single_part=True) is None
+        assert checksum_from_head({**encrypted, **both}, md5, single_part=True) == crc32
+    assert checksum_from_head({"ServerSideEncryption": "AES256"}, md5, single_part=True) == md5
 
 
 def test_a_new_checksum_for_the_same_version_keeps_published_and_partial_files(tmp_path: Path) -> None:

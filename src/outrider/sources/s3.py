@@ -9,13 +9,14 @@ Addressing: path-style whenever an endpoint is given (S3-compatible stores and `
 identity, instance profile) when the options allow ambient credentials, else unsigned requests.
 
 Checksums: a single-part upload's ETag is the MD5 of the object (32 hex digits, no '-'); a multipart ETag is not,
-and neither is the ETag of an SSE-KMS/SSE-C object, which this module cannot tell apart from a plain one.
-S3 also keeps "additional checksums" (CRC32, CRC32C, CRC64NVME, SHA1, SHA256): current SDKs send CRC32 with every
-upload, and S3 adds CRC64NVME to new objects that came without one. The listing names an object's algorithms
-(`ChecksumAlgorithm`), not values, so when it names one cheaper to verify than what the ETag gives (or the ETag
-gives nothing: multipart), one HeadObject with `ChecksumMode=ENABLED` fetches the value. Only a checksum of the
-whole object is usable: `ChecksumType: FULL_OBJECT`, or a single-part object (its checksum is always over the whole
-object). A multipart COMPOSITE checksum is a checksum of the parts' checksums (its value ends in `-N`) and is skipped.
+and neither is the ETag of an SSE-KMS or SSE-C encrypted object, though it looks like one. S3 also keeps
+"additional checksums" (CRC32, CRC32C, CRC64NVME, SHA1, SHA256): current SDKs send CRC32 with every upload, and S3
+adds CRC64NVME to new objects that came without one. The listing shows neither encryption nor checksum values, so
+one HeadObject (`ChecksumMode=ENABLED`) per object that could have either tells them: the ETag's MD5 is used only
+when the object is not KMS- or customer-key-encrypted, and an additional checksum only when it covers the whole
+object (`ChecksumType: FULL_OBJECT`, or a single-part object). A multipart COMPOSITE checksum is a checksum of the
+parts' checksums (its value ends in `-N`) and is skipped. Of what is left, the cheapest to compute wins. Multipart
+objects the listing names no checksum for are not asked about: there is nothing to find.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ _HEAD_FIELDS = {
     "sha1": "ChecksumSHA1",
     "sha256": "ChecksumSHA256",
 }
+# Encryption whose objects' ETags are not their MD5 (SSE-S3, "AES256", keeps the MD5).
+_KEY_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
 # HeadObject calls in flight at once while listing: a tree has a handful of files, a bucket may have thousands.
 HEAD_THREADS = 8
 
@@ -88,35 +91,33 @@ def md5_from_etag(etag: str | None) -> Checksum | None:
     return Checksum("md5", value) if _MD5_ETAG.match(value) else None
 
 
-def _rank(algorithm: str | None) -> int:
-    """Where an algorithm stands in VERIFY_COST (lower is cheaper); none at all ranks last."""
-    return VERIFY_COST.index(algorithm) if algorithm in VERIFY_COST else len(VERIFY_COST)
+def _rank_of(checksum: Checksum) -> int:
+    """Where a checksum's algorithm stands in VERIFY_COST: lower is cheaper to compute."""
+    return VERIFY_COST.index(checksum.algorithm) if checksum.algorithm in VERIFY_COST else len(VERIFY_COST)
 
 
-def _rank_of(checksum: Checksum | None) -> int:
-    return _rank(checksum.algorithm if checksum is not None else None)
+def _names_checksums(obj: Mapping[str, Any]) -> bool:
+    """Does a listing entry say the object has additional checksums we can compute?"""
+    return any(str(name).lower() in _HEAD_FIELDS for name in obj.get("ChecksumAlgorithm") or [])
 
 
-def _listed_algorithms(obj: Mapping[str, Any]) -> list[str]:
-    """The additional checksums the listing says an object has, under our names, cheapest first."""
-    names = [str(name).lower() for name in obj.get("ChecksumAlgorithm") or []]
-    return sorted((name for name in names if name in _HEAD_FIELDS), key=_rank)
-
-
-def checksum_from_head(head: Mapping[str, Any], single_part: bool) -> Checksum | None:
-    """The cheapest whole-object checksum in a HeadObject answer (values are base64; ours are hex)."""
+def checksum_from_head(head: Mapping[str, Any], etag_md5: Checksum | None, single_part: bool) -> Checksum | None:
+    """The cheapest usable checksum of the whole object, from a HeadObject answer and the ETag's MD5 (if any)."""
+    found: list[Checksum] = []
+    encrypted = head.get("ServerSideEncryption") in _KEY_ENCRYPTION or head.get("SSECustomerAlgorithm")
+    if etag_md5 is not None and not encrypted:
+        found.append(etag_md5)
     checksum_type = head.get("ChecksumType")
-    if checksum_type != "FULL_OBJECT" and not (checksum_type is None and single_part):
-        return None
-    for algorithm in sorted(_HEAD_FIELDS, key=_rank):
-        value = head.get(_HEAD_FIELDS[algorithm])
-        if not isinstance(value, str) or "-" in value:
-            continue
-        try:
-            return Checksum(algorithm, base64.b64decode(value, validate=True).hex())
-        except (binascii.Error, ValueError):
-            continue  # not base64: a store's oddity, not worth failing the listing for
-    return None
+    if checksum_type == "FULL_OBJECT" or (checksum_type is None and single_part):
+        for algorithm, field in _HEAD_FIELDS.items():
+            value = head.get(field)
+            if not isinstance(value, str) or "-" in value:
+                continue
+            try:
+                found.append(Checksum(algorithm, base64.b64decode(value, validate=True).hex()))
+            except (binascii.Error, ValueError):
+                continue  # not base64: a store's oddity, not worth failing the listing for
+    return min(found, key=_rank_of, default=None)
 
 
 def raise_for_botocore(exc: Exception, display: str, secrets: tuple[str, ...], what: str) -> NoReturn:
@@ -170,7 +171,7 @@ class S3Source(Source):
     def list_files(self) -> list[RemoteFile]:
         prefix = list_prefix(self._prefix)
         files: list[RemoteFile] = []
-        better: list[int] = []  # files whose listing names a cheaper checksum than their ETag gives
+        ask: list[int] = []  # files a HeadObject may tell more about: an ETag MD5 to confirm, or named checksums
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
@@ -181,19 +182,17 @@ class S3Source(Source):
                     etag = str(obj.get("ETag", "")).strip('"') or None
                     remote = RemoteFile(rel, int(obj["Size"]), md5_from_etag(etag), etag)
                     files.append(remote)
-                    listed = _listed_algorithms(obj)
-                    if listed and _rank(listed[0]) < _rank_of(remote.checksum):
-                        better.append(len(files) - 1)
+                    if remote.checksum is not None or _names_checksums(obj):
+                        ask.append(len(files) - 1)
         except Exception as exc:
             raise_for_botocore(exc, self.display, self._secrets, "list")
         if not files:
             raise SourceNotFound(f"{self.display}: no objects under this prefix")
-        if better:
-            with ThreadPoolExecutor(min(HEAD_THREADS, len(better))) as pool:
-                found = list(pool.map(self._head_checksum, [files[i] for i in better]))
-            for index, checksum in zip(better, found, strict=True):
-                if _rank_of(checksum) < _rank_of(files[index].checksum):
-                    files[index] = dataclasses.replace(files[index], checksum=checksum)
+        if ask:
+            with ThreadPoolExecutor(min(HEAD_THREADS, len(ask))) as pool:
+                found = list(pool.map(self._head_checksum, [files[i] for i in ask]))
+            for index, checksum in zip(ask, found, strict=True):
+                files[index] = dataclasses.replace(files[index], checksum=checksum)
         return files
 
     def _head_checksum(self, remote: RemoteFile) -> Checksum | None:
@@ -204,11 +203,11 @@ class S3Source(Source):
             except Exception as exc:
                 raise_for_botocore(exc, self.display, self._secrets, f"head {remote.path}")
         except (SourceAccessDenied, SourceNotFound):
-            # Not allowed to read the object, or it went away since the listing: the read will say so, in the job,
-            # as it does for objects without additional checksums. The listing itself stands.
-            return None
+            # Not allowed to read the object, or it went away since the listing: the read will say so, in the job.
+            # Until then, what the listing gave stands.
+            return remote.checksum
         single_part = remote.version is not None and "-" not in remote.version
-        return checksum_from_head(head, single_part)
+        return checksum_from_head(head, remote.checksum, single_part)
 
     def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         check_range(start, end)
