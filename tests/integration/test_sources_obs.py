@@ -17,7 +17,7 @@ from outrider.errors import InvalidSource, SourceAccessDenied, SourceNotFound, S
 from outrider.sources import Source, SourceOptions, open_source
 from outrider.sources.base import PIECE_SIZE
 from tests.servers.faults import FaultServer
-from tests.servers.moto import MotoServer, free_port
+from tests.servers.moto import ADMIN, MotoServer, free_port
 from tests.servers.tree import BIG, BIG_RANGES, BIG_SIZE, md5_hex, model_tree, read_all
 
 BUCKET = "obs-models"
@@ -34,6 +34,10 @@ def moto() -> Iterator[MotoServer]:
         files = {f"{PREFIX}/{path}": data for path, data in TREE.items()}
         files.update({f"{PREFIX}-sibling/x.bin": b"x", f"{PREFIX}/folder-marker/": b""})
         server.seed(BUCKET, files)
+        # moto keeps the MD5 as the ETag of an encrypted object; OBS does not (an encrypted object's ETag is no MD5).
+        server.client("s3", ADMIN).put_object(
+            Bucket=BUCKET, Key="sealed/w.bin", Body=b"sealed", ServerSideEncryption="aws:kms"
+        )
         yield server
     finally:
         server.stop()
@@ -62,6 +66,12 @@ def test_lists_the_tree_with_sizes_and_md5(moto: MotoServer) -> None:
         assert files[path].size == len(data)
         assert checksum is not None and (checksum.algorithm, checksum.value) == ("md5", md5_hex(data))
         assert files[path].version == md5_hex(data)
+
+
+def test_an_encrypted_object_gets_no_md5_from_its_etag(moto: MotoServer) -> None:
+    files = obs_source(moto, f"obs://{BUCKET}/sealed").list_files()
+    assert [(f.path, f.size, f.checksum) for f in files] == [("w.bin", 6, None)]
+    assert files[0].version == md5_hex(b"sealed")  # still what tells a changed object
 
 
 def test_listing_follows_markers_across_pages(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,8 @@ POOL_HEADROOM = 4
 # Seconds to wait for a connection, and for bytes on an open one, before calling the attempt failed.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+# Metadata requests in flight at once while listing: a tree has a handful of files, a bucket may have thousands.
+HEAD_THREADS = 8
 
 
 def check_relative_path(path: str) -> str:

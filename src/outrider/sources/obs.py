@@ -14,20 +14,25 @@ retries are off (`max_retry_count=0`): the transfer engine retries per chunk.
 
 Connections: one per request (see the constructor); a chunk is many MiB, so the handshake is a small cost.
 
-Checksums: the ETag rules are S3's (see s3.py); OBS returns the MD5 of single-part objects.
+Checksums: a single-part object's ETag is its MD5, as on S3, except for an object encrypted on the server (SSE-KMS,
+SSE-OBS or SSE-C: OBS's documentation says any server-side encryption). The listing does not show encryption, so
+one metadata request (HEAD) per object with an MD5-shaped ETag asks before the MD5 is trusted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import http.client
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 from obs import GetObjectHeader, ObsClient
 
 from outrider.errors import InvalidSource, SourceError, SourceNotFound, SourceTransientError
 from outrider.sources._common import (
+    HEAD_THREADS,
     READ_TIMEOUT,
     check_range,
     is_local_host,
@@ -124,7 +129,30 @@ class ObsSource(Source):
             marker = body.next_marker or contents[-1].key
         if not files:
             raise SourceNotFound(f"{self.display}: no objects under this prefix")
+        ask = [i for i, remote in enumerate(files) if remote.checksum is not None]
+        if ask:
+            with ThreadPoolExecutor(min(HEAD_THREADS, len(ask))) as pool:
+                encrypted = list(pool.map(self._encrypted, [files[i].path for i in ask]))
+            for index, yes in zip(ask, encrypted, strict=True):
+                if yes:
+                    files[index] = dataclasses.replace(files[index], checksum=None)
         return files
+
+    def _encrypted(self, path: str) -> bool:
+        """Is the object encrypted on the server (so its ETag is no MD5)? False when we may not ask."""
+        what = f"head {path}"
+        try:
+            result = self._client.getObjectMetadata(
+                self._bucket, key_for(self._prefix, path), extensionHeaders=self._headers()
+            )
+        except Exception as exc:
+            self._raise_transport(exc, what)
+        status = int(result.status or 0)
+        if status in (403, 404):
+            return False  # refused, or gone since the listing: the read will say so, in the job
+        if status >= 300:
+            self._raise_for_result(result, what)
+        return bool(result.body.sseKms or result.body.sseC)
 
     def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         check_range(start, end)

@@ -38,6 +38,7 @@ from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, Sou
 from outrider.sources._common import (
     CONNECT_TIMEOUT,
     DENIED_CODES,
+    HEAD_THREADS,
     NOT_FOUND_CODES,
     POOL_HEADROOM,
     READ_TIMEOUT,
@@ -64,8 +65,6 @@ _HEAD_FIELDS = {
 }
 # Encryption whose objects' ETags are not their MD5 (SSE-S3, "AES256", keeps the MD5).
 _KEY_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
-# HeadObject calls in flight at once while listing: a tree has a handful of files, a bucket may have thousands.
-HEAD_THREADS = 8
 
 DEFAULT_REGION = "us-east-1"
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
