@@ -84,7 +84,10 @@ def test_s3_head_checksums_only_of_the_whole_object_and_the_cheapest() -> None:
     crc32 = Checksum("crc32", "0a0b0c0d")
     assert checksum_from_head({**both, "ChecksumType": "FULL_OBJECT"}, None, single_part=False) == crc32
     assert checksum_from_head({"ChecksumSHA256": _b64(sha)}, md5, single_part=True) == Checksum("sha256", sha)
-    assert checksum_from_head({"ChecksumCRC32C": _b64("01020304")}, md5, single_part=True) == md5
+    assert checksum_from_head({"ChecksumCRC64NVME": _b64("01020304" * 2)}, md5, single_part=True) == md5
+    assert checksum_from_head({"ChecksumCRC32C": _b64("01020304")}, md5, single_part=True) == Checksum(
+        "crc32c", "01020304"
+    )
     # A checksum of the parts' checksums says nothing we can compute from the bytes.
     assert checksum_from_head({**both, "ChecksumType": "COMPOSITE"}, None, single_part=False) is None
     assert checksum_from_head(both, None, single_part=False) is None  # multipart and no type given: could be composite
