@@ -150,6 +150,10 @@ class S3Source(Source):
             s3={"addressing_style": "path" if options.endpoint else "auto"},
             max_pool_connections=max(1, max_workers) + POOL_HEADROOM,
             retries={"total_max_attempts": 1, "mode": "standard"},
+            # botocore >= 1.36 asks for checksums on every GetObject and checks a ranged answer against any it
+            # gets. S3 sends none for a range, but some stores send the whole object's (old Ceph RGW): a check
+            # that cannot pass. The transfer engine verifies whole files itself, so reads do not ask.
+            response_checksum_validation="when_required",
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             signature_version=UNSIGNED if anonymous else None,
