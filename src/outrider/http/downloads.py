@@ -65,27 +65,21 @@ def _workers(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _chunk_size(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
+def _chunk_size(value: int | str | None) -> int | None:
+    """The chunk size in bytes, from a validated body's number or size string ('16MiB')."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidRequest(f"{name} must be a number of bytes or a size like '16MiB'", field=name)
     try:
-        return parse_size(str(value), name)
+        return parse_size(str(value), "chunk_size")
     except SettingsError as exc:
-        raise InvalidRequest(str(exc), field=name) from None
+        raise InvalidRequest(str(exc), field="chunk_size") from None
 
 
-def _globs(body: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    value = body.get(name)
+def _globs(value: str | list[str] | None) -> tuple[str, ...]:
+    """One glob or a list of them, from a validated body, as a tuple."""
     if value is None:
         return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise InvalidRequest(f"{name} must be a list of glob patterns", field=name)
-    return tuple(value)
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 # -- shared ------------------------------------------------------------------------------------------------------
@@ -131,16 +125,15 @@ _JOB_FAILURES: dict[int | str, type[BaseModel]] = {status: m.JobFailure for stat
 async def create_download() -> tuple[Response, int, dict[str, str]] | tuple[Response, int]:
     body = await strict_body(m.DownloadCreate)
     dest = confine(_model_root(), body.dest, "dest")
-    raw = body.model_dump(include={"include", "exclude", "chunk_size"})
     job = await _manager().submit(
         DownloadRequest(
             source=body.source,
             dest=dest,
             config=body.config.model_dump(exclude_none=True) if body.config is not None else None,
-            include=_globs(raw, "include"),
-            exclude=_globs(raw, "exclude"),
+            include=_globs(body.include),
+            exclude=_globs(body.exclude),
             workers=body.workers,
-            chunk_size=_chunk_size(raw, "chunk_size"),
+            chunk_size=_chunk_size(body.chunk_size),
         )
     )
     if body.wait:
