@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from outrider.errors import (
@@ -28,6 +30,9 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 # Metadata requests in flight at once while listing: a tree has a handful of files, a bucket may have thousands.
 HEAD_THREADS = 8
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def check_relative_path(path: str) -> str:
@@ -128,3 +133,11 @@ def store_error(
     if status >= 500 or status in TRANSIENT_STATUSES or code in transient:
         return SourceTransientError(message)
     return SourceError(message)
+
+
+def per_file(ask: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """`ask` for each item (a metadata request per listed file), HEAD_THREADS at a time; answers in order."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(min(HEAD_THREADS, len(items))) as pool:
+        return list(pool.map(ask, items))

@@ -25,19 +25,18 @@ import dataclasses
 import datetime
 import http.client
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 from obs import GetObjectHeader, ObsClient
 
 from outrider.errors import InvalidSource, SourceError, SourceNotFound, SourceTransientError
 from outrider.sources._common import (
-    HEAD_THREADS,
     READ_TIMEOUT,
     check_range,
     is_local_host,
     key_for,
     list_prefix,
+    per_file,
     relative_key,
     repieced,
     scrub,
@@ -130,12 +129,10 @@ class ObsSource(Source):
         if not files:
             raise SourceNotFound(f"{self.display}: no objects under this prefix")
         ask = [i for i, remote in enumerate(files) if remote.checksum is not None]
-        if ask:
-            with ThreadPoolExecutor(min(HEAD_THREADS, len(ask))) as pool:
-                encrypted = list(pool.map(self._encrypted, [files[i].path for i in ask]))
-            for index, yes in zip(ask, encrypted, strict=True):
-                if yes:
-                    files[index] = dataclasses.replace(files[index], checksum=None)
+        encrypted = per_file(self._encrypted, [files[i].path for i in ask])
+        for index, yes in zip(ask, encrypted, strict=True):
+            if yes:
+                files[index] = dataclasses.replace(files[index], checksum=None)
         return files
 
     def _encrypted(self, path: str) -> bool:

@@ -26,7 +26,6 @@ import binascii
 import dataclasses
 import re
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import boto3
@@ -38,13 +37,13 @@ from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, Sou
 from outrider.sources._common import (
     CONNECT_TIMEOUT,
     DENIED_CODES,
-    HEAD_THREADS,
     NOT_FOUND_CODES,
     POOL_HEADROOM,
     READ_TIMEOUT,
     check_range,
     key_for,
     list_prefix,
+    per_file,
     relative_key,
     repieced,
     scrub,
@@ -191,11 +190,9 @@ class S3Source(Source):
             raise_for_botocore(exc, self.display, self._secrets, "list")
         if not files:
             raise SourceNotFound(f"{self.display}: no objects under this prefix")
-        if ask:
-            with ThreadPoolExecutor(min(HEAD_THREADS, len(ask))) as pool:
-                found = list(pool.map(self._head_checksum, [files[i] for i in ask]))
-            for index, checksum in zip(ask, found, strict=True):
-                files[index] = dataclasses.replace(files[index], checksum=checksum)
+        found = per_file(self._head_checksum, [files[i] for i in ask])
+        for index, checksum in zip(ask, found, strict=True):
+            files[index] = dataclasses.replace(files[index], checksum=checksum)
         return files
 
     def _head_checksum(self, remote: RemoteFile) -> Checksum | None:
