@@ -184,13 +184,19 @@ async def test_short_file_on_disk_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "m" / "a.bin").exists()
 
 
-async def test_resume_fetches_only_missing_chunks(tmp_path: Path) -> None:
+async def refused_after_three_chunks(tmp_path: Path) -> tuple[bytes, MemorySource, TransferOptions]:
+    """An 8-chunk file fetched by one worker until the store refuses the fourth chunk; the manifest stays behind."""
     data = os.urandom(8 * CHUNK)
     source = MemorySource({"big.bin": data}, piece_size=PIECE)
     source.script.extend(["ok"] * 3 + ["deny"])
     options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=60)
     with pytest.raises(SourceAccessDenied):
         await fetch(source, tmp_path / "m", options)
+    return data, source, options
+
+
+async def test_resume_fetches_only_missing_chunks(tmp_path: Path) -> None:
+    data, source, options = await refused_after_three_chunks(tmp_path)
     manifest = json.loads((tmp_path / "m" / "big.bin.part.json").read_text())
     assert manifest["done"] == [0, 1, 2]  # saved on the way out although the interval had not come round
     source.reads.clear()
@@ -204,12 +210,7 @@ def _rewrite(path: Path, **changes: object) -> None:
 
 
 async def test_after_a_reboot_only_chunks_flushed_to_disk_are_trusted(tmp_path: Path) -> None:
-    data = os.urandom(8 * CHUNK)
-    source = MemorySource({"big.bin": data}, piece_size=PIECE)
-    source.script.extend(["ok"] * 3 + ["deny"])
-    options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=60)
-    with pytest.raises(SourceAccessDenied):
-        await fetch(source, tmp_path / "m", options)
+    data, source, options = await refused_after_three_chunks(tmp_path)
     path = tmp_path / "m" / "big.bin.part.json"
     manifest = json.loads(path.read_text())
     assert manifest["durable"] == [0, 1, 2]  # the run's last flush syncs the data before recording it
@@ -223,16 +224,27 @@ async def test_after_a_reboot_only_chunks_flushed_to_disk_are_trusted(tmp_path: 
 
 
 async def test_within_one_boot_recorded_chunks_are_trusted_without_a_sync(tmp_path: Path) -> None:
-    data = os.urandom(8 * CHUNK)
-    source = MemorySource({"big.bin": data}, piece_size=PIECE)
-    source.script.extend(["ok"] * 3 + ["deny"])
-    options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=60)
-    with pytest.raises(SourceAccessDenied):
-        await fetch(source, tmp_path / "m", options)
+    _, source, options = await refused_after_three_chunks(tmp_path)
     _rewrite(tmp_path / "m" / "big.bin.part.json", durable=[])  # a crash (kill -9) before any sync
     source.reads.clear()
     await fetch(source, tmp_path / "m", options)
     assert source.reads_of("big.bin") == [(i * CHUNK, (i + 1) * CHUNK) for i in range(3, 8)]
+
+
+def _manifest_now(path: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return manifest
+
+
+async def manifest_on_disk(path: Path, field: str, count: int) -> dict[str, Any]:
+    """The manifest at `path` as soon as its `field` lists `count` chunks."""
+    with trio.fail_after(10):
+        # Polling is the point: the manifest on disk is what a restarted process would read.
+        while True:
+            manifest = _manifest_now(path)
+            if len(manifest.get(field, ())) >= count:
+                return manifest
+            await trio.sleep(0.01)
 
 
 async def manifest_while_held_halfway(tmp_path: Path, field: str) -> dict[str, Any]:
@@ -246,13 +258,7 @@ async def manifest_while_held_halfway(tmp_path: Path, field: str) -> dict[str, A
     path = tmp_path / "m" / "big.bin.part.json"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fetch, source, tmp_path / "m", options)
-        with trio.fail_after(10):
-            # Polling is the point: the manifest on disk is what a restarted process would read.
-            while True:
-                manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-                if len(manifest.get(field, ())) >= 4:
-                    break
-                await trio.sleep(0.01)
+        manifest = await manifest_on_disk(path, field, 4)
         gate.set()
     assert_tree(tmp_path / "m", {"big.bin": data})
     return manifest
@@ -277,22 +283,14 @@ async def test_a_record_between_syncs_keeps_what_the_last_sync_made_durable(tmp_
     source.block_after = (4 * CHUNK, first)
     options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=0.01, durable_interval=0.5)
     path = tmp_path / "m" / "big.bin.part.json"
-
-    async def on_disk(field: str, count: int) -> dict[str, Any]:
-        # Polling is the point: the manifest on disk is what a restarted process would read.
-        with trio.fail_after(10):
-            while True:
-                manifest: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-                if len(manifest.get(field, ())) >= count:
-                    return manifest
-                await trio.sleep(0.01)
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fetch, source, tmp_path / "m", options)
-        await on_disk("durable", 4)  # a sync came round while the store held chunk 4
+        await manifest_on_disk(path, "durable", 4)  # a sync came round while the store held chunk 4
         source.block_after = (6 * CHUNK, second)
         first.set()
-        manifest = await on_disk("done", 6)  # recorded by the next records, most likely before the next sync
+        manifest = await manifest_on_disk(
+            path, "done", 6
+        )  # recorded by the next records, most likely before the next sync
         second.set()
     assert set(manifest["durable"]) >= {0, 1, 2, 3}
     assert_tree(tmp_path / "m", {"big.bin": data})
