@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import io
 import os
 import threading
 import zlib
@@ -77,21 +78,11 @@ def seed_checksums(server: MotoServer) -> None:
     s3.put_object(Bucket=SUMS, Key="m/crc32", Body=SUM_FILES["crc32"])
     s3.put_object(Bucket=SUMS, Key="m/sha256", Body=SUM_FILES["sha256"], ChecksumAlgorithm="SHA256")
     parts = TransferConfig(multipart_threshold=5 * PIECE_SIZE // 2, multipart_chunksize=5 * PIECE_SIZE // 2)
-    s3.upload_fileobj(_Reader(SUM_FILES["multipart"]), SUMS, "m/multipart", Config=parts)
+    s3.upload_fileobj(io.BytesIO(SUM_FILES["multipart"]), SUMS, "m/multipart", Config=parts)
     # moto stores a checksum it is given without checking it (real S3 refuses the upload: BadDigest). Here that
     # stands for bytes that changed between the store's checksum and us.
     wrong = base64.b64encode((zlib.crc32(WRONG) ^ 1).to_bytes(4, "big")).decode()
     s3.put_object(Bucket=SUMS, Key="bad/w.bin", Body=WRONG, ChecksumAlgorithm="CRC32", ChecksumCRC32=wrong)
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._pos + n
-        piece, self._pos = self._data[self._pos : end], min(end, len(self._data))
-        return piece
 
 
 def s3_source(
