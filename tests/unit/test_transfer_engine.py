@@ -288,9 +288,8 @@ async def test_a_record_between_syncs_keeps_what_the_last_sync_made_durable(tmp_
         await manifest_on_disk(path, "durable", 4)  # a sync came round while the store held chunk 4
         source.block_after = (6 * CHUNK, second)
         first.set()
-        manifest = await manifest_on_disk(
-            path, "done", 6
-        )  # recorded by the next records, most likely before the next sync
+        # Recorded by the next records, most likely before the next sync.
+        manifest = await manifest_on_disk(path, "done", 6)
         second.set()
     assert set(manifest["durable"]) >= {0, 1, 2, 3}
     assert_tree(tmp_path / "m", {"big.bin": data})
