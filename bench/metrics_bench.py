@@ -27,8 +27,8 @@ the warm-up left queued, then a fixed-duration wrk run; wrk stops by itself and 
 deadline. Everything listens and connects on 127.0.0.1. Servers run in their own process groups and are
 stopped with SIGTERM (SIGKILL after a grace period).
 
-Environment: OUTRIDER_FIXTURES (default: ../shared/fixtures relative to the repo root),
-OUTRIDER_BENCH_AIBRIX_PYTHON (the python of a venv with aibrix; see bench/install_aibrix.sh).
+Input: tests/fixtures/engine-metrics/vllm-0.32.0-cpu.prom (a real vLLM page, kept in the repository).
+Environment: OUTRIDER_BENCH_AIBRIX_PYTHON (the python of a venv with aibrix; see bench/install_aibrix.sh).
 """
 
 from __future__ import annotations
@@ -733,8 +733,8 @@ def command_version(argv: Sequence[str]) -> str:
 
 
 def fixtures_dir() -> Path:
-    raw = os.environ.get("OUTRIDER_FIXTURES")
-    return Path(raw) if raw else (REPO_ROOT / ".." / "shared" / "fixtures").resolve()
+    """The engine pages the tests use, kept in the repository."""
+    return REPO_ROOT / "tests" / "fixtures" / "engine-metrics"
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -1002,7 +1002,7 @@ def preflight(args: argparse.Namespace, wrk_exe: str) -> Setup:
     """Everything the run needs that exists before it starts (BenchError with a hint when it does not)."""
     page = fixtures_dir() / FIXTURE_NAME
     if not page.is_file():
-        raise BenchError(f"fixture page {page} not found (set OUTRIDER_FIXTURES to the fixtures directory)")
+        raise BenchError(f"fixture page {page} not found")
     outrider_cmd = resolve_outrider_cmd(args.outrider_cmd)
     aibrix_cmd, aibrix_version = resolve_aibrix_cmd(args.aibrix_python)
     return Setup(wrk_exe, page, outrider_cmd, aibrix_cmd, aibrix_version)

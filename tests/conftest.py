@@ -1,22 +1,18 @@
-"""Shared test fixtures: where the real engine pages live."""
+"""Shared test fixtures: the real engine pages, kept in the repository (tests/fixtures/engine-metrics)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+PAGES = REPO / "tests" / "fixtures" / "engine-metrics"
 
 
 def fixtures_dir() -> Path:
-    """The shared engine pages: $OUTRIDER_FIXTURES, else ../shared/fixtures beside the repo (as in CI)."""
-    root = Path(os.environ.get("OUTRIDER_FIXTURES", REPO.parent / "shared" / "fixtures"))
-    pages = root / "engine-metrics"
-    if not pages.is_dir():
-        raise RuntimeError(f"engine metric fixtures not found at {pages}; set OUTRIDER_FIXTURES")
-    return pages
+    """The engine pages served by real engines; SOURCES.md beside them says where each came from."""
+    return PAGES
 
 
 @pytest.fixture(scope="session")
