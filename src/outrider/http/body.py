@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import Any, TypeVar
 
 import pydantic
@@ -19,6 +21,47 @@ MAX_STRING = 4096
 # Parts of a pydantic error location that name a union member rather than a field: `str`, `list[str]`,
 # `constrained-str`, `function-after[...]`, a model's class name.
 _NOT_A_FIELD = re.compile(r"^(?:[A-Z].*|.*[\[\-].*|str|int|bool|float|list|dict|none|bytes)$")
+# Deepest nesting of arrays and objects a body (or a `config` given as a JSON string) may have; the top-level
+# object is level 1. Real bodies nest 3 or 4 levels. json.loads and pydantic both recurse once per level, so a
+# body nested past Python's recursion limit (a 200 kB `[[[...]]]`) raised RecursionError, a 500 with a logged
+# traceback; 64 is far above any real body and far below that limit, whatever the stack already holds.
+MAX_JSON_DEPTH = 64
+# A JSON string, closed or running to the end of the text. Possessive, and matching wherever a `"` starts, so
+# no input makes it backtrack or retry: one pass over the text, however its quotes and backslashes fall.
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.|\\\Z)*+(?:"|\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+# An opening bracket as +1, a closing one as -1 (0xff read as a signed byte).
+_BRACKET_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def json_depth(text: str) -> int:
+    """How deeply `text`'s arrays and objects nest (0 for a scalar), counting brackets outside strings.
+
+    A scan rather than a parse, so that nothing recurses: strings are dropped, the brackets left become +1/-1
+    steps, and the deepest point is the largest running sum, all in C loops (under 0.1 s for the largest body).
+    For text that is not JSON the count may be off, but the parser then refuses it before it could nest deeper."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    steps = array("b", brackets.encode("ascii").translate(_BRACKET_STEP))
+    return max(accumulate(steps, initial=0))
+
+
+def parse_json(text: str | bytes, field: str, what: str) -> Any:
+    """`text` parsed as JSON; invalid JSON, or nesting past MAX_JSON_DEPTH, is a 400 naming `field`.
+
+    Every request body, and every JSON string inside one, is parsed here: never by json.loads directly."""
+    try:
+        # What json.loads does with bytes (UTF-8, -16 or -32, told by the first bytes), done first so that the
+        # depth scan reads characters: a UTF-16 character's bytes can look like a quote or a bracket.
+        if isinstance(text, bytes):
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{what} is not valid JSON", field=field) from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"{what} nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects", field=field)
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidRequest(f"{what} is not valid JSON", field=field) from None
 
 
 async def json_object(*, optional: bool = False) -> dict[str, Any]:
@@ -28,10 +71,7 @@ async def json_object(*, optional: bool = False) -> dict[str, Any]:
         if optional:
             return {}
         raise InvalidRequest("request body must be a JSON object", field="body")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON", field="body") from None
+    body = parse_json(raw, "body", "request body")
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", field="body")
     return body
@@ -88,10 +128,7 @@ def config_field(body: dict[str, Any], field: str = "config") -> dict[str, objec
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise InvalidRequest(f"{field} is a string but not a JSON object", field=field) from None
+        value = parse_json(value, field, f"{field} (a JSON string)")
     if not isinstance(value, dict):
         raise InvalidRequest(f"{field} must be a JSON object (or a JSON string holding one)", field=field)
     return value
