@@ -9,8 +9,9 @@ Addressing and signing:
   HTTP `Date` header, which SigV4 allows but moto's verifier (and some gateways) do not accept.
 
 Unlike boto3, the SDK answers an HTTP error with a result object (status, errorCode, errorMessage) rather than
-raising; transport failures do raise (OSError, http.client errors, or a bare Exception for a short body). Its own
-retries are off (`max_retry_count=0`): the transfer engine retries per chunk.
+raising; this module raises it (`_ErrorAnswer`) so that it is classified as every store's failures are. Transport
+failures do raise (OSError, http.client errors, or a bare Exception for a short body). The SDK's own retries are
+off (`max_retry_count=0`): the transfer engine retries per chunk.
 
 Connections: one per request (see the constructor); a chunk is many MiB, so the handshake is a small cost.
 
@@ -21,47 +22,46 @@ one metadata request (HEAD) per object with an MD5-shaped ETag asks before the M
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import http.client
-from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 from obs import GetObjectHeader, ObsClient
 
-from outrider.errors import InvalidSource, SourceError, SourceNotFound, SourceTransientError
-from outrider.sources._common import (
-    READ_TIMEOUT,
-    check_range,
-    is_local_host,
-    key_for,
-    list_prefix,
-    per_file,
-    relative_key,
-    repieced,
-    scrub,
-    secrets_of,
-    store_error,
-)
-from outrider.sources.base import PIECE_SIZE, RemoteFile, Source
+from outrider.errors import InvalidSource
+from outrider.sources._common import READ_TIMEOUT
+from outrider.sources.base import Checksum, RemoteFile
+from outrider.sources.bucket import BucketSource, Failure, Listed, Page, RangeBody, is_local_host, md5_from_etag
 from outrider.sources.options import SourceOptions
-from outrider.sources.s3 import md5_from_etag
 from outrider.sources.uri import BucketRef
 
 DEFAULT_REGION = "region"  # the SDK's own default; V4 scopes need a value, OBS ignores it for path-style
 _LIST_PAGE = 1000
 
 
-class ObsSource(Source):
+class _ErrorAnswer(Exception):
+    """An error answer from OBS. The SDK returns these as results; raising them sends them the way every other
+    failure goes (`ObsSource._failure`)."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(result.errorCode or result.status)
+        self.result = result
+
+
+def _answered(result: Any) -> Any:
+    """`result` if the store answered with success, else raise it."""
+    if int(result.status or 0) >= 300:
+        raise _ErrorAnswer(result)
+    return result
+
+
+class ObsSource(BucketSource):
     """A bucket prefix on Huawei Cloud OBS (or an S3-compatible store spoken to with the OBS SDK)."""
 
     def __init__(self, ref: BucketRef, options: SourceOptions, *, max_workers: int) -> None:
         if not options.endpoint:
             raise InvalidSource("obs:// needs an endpoint: set config.endpoint or ENDPOINT", field="config")
-        self.display = ref.display
-        self._bucket = ref.bucket
-        self._prefix = ref.prefix
-        self._secrets = secrets_of(options)
+        super().__init__(ref, options)
         self._v4 = is_local_host(options.endpoint)
         kwargs: dict[str, Any] = {}
         if self._v4:
@@ -86,94 +86,41 @@ class ObsSource(Source):
         # A fresh timestamp per request: SigV4 refuses requests dated more than 15 minutes away.
         return {"x-amz-date": datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")}
 
-    def _raise_for_result(self, result: Any, what: str) -> NoReturn:
-        status = int(result.status or 0)
-        code = result.errorCode or ""
-        detail = scrub(f"{code or status}: {result.errorMessage or result.reason or 'no message'}", self._secrets)
-        message = f"{self.display}: {what}: {detail}"
-        raise store_error(message, code, status)
+    def _list_page(self, prefix: str, cursor: str | None) -> Page:
+        headers = self._headers()
+        listing = self._client.listObjects(
+            self._bucket, prefix=prefix or None, marker=cursor, max_keys=_LIST_PAGE, extensionHeaders=headers
+        )
+        body = _answered(listing).body
+        contents = body.contents or []
+        objects: list[Listed] = []
+        for obj in contents:
+            etag = (obj.etag or "").strip('"') or None
+            md5 = md5_from_etag(etag)
+            # An MD5-shaped ETag is no MD5 if the object is encrypted: a metadata request tells (_head_checksum).
+            objects.append(Listed(obj.key, int(obj.size), md5, etag, ask=md5 is not None))
+        more = body.is_truncated and contents
+        return Page(objects, (body.next_marker or contents[-1].key) if more else None)
 
-    def _raise_transport(self, exc: Exception, what: str) -> NoReturn:
-        if isinstance(exc, SourceError):
-            raise exc
+    def _head_checksum(self, key: str, listed: RemoteFile) -> Checksum | None:
+        result = _answered(self._client.getObjectMetadata(self._bucket, key, extensionHeaders=self._headers()))
+        encrypted = result.body.sseKms or result.body.sseC
+        return None if encrypted else listed.checksum
+
+    def _open_range(self, key: str, start: int, end: int) -> RangeBody:
+        headers = GetObjectHeader(range=f"{start}-{end - 1}")
+        result = self._client.getObject(self._bucket, key, headers=headers, extensionHeaders=self._headers())
+        body: RangeBody = _answered(result).body.response
+        return body
+
+    def _failure(self, exc: Exception) -> Failure | None:
+        if isinstance(exc, _ErrorAnswer):
+            result = exc.result
+            return Failure.answer(result.errorCode or "", int(result.status or 0), result.errorMessage or result.reason)
         if isinstance(exc, OSError | http.client.HTTPException) or type(exc) is Exception:
             # The SDK raises a bare Exception for a body cut short ("premature end of Content-Length...").
-            raise SourceTransientError(f"{self.display}: {what}: {scrub(str(exc), self._secrets)}") from None
-        raise SourceError(f"{self.display}: {what}: {type(exc).__name__}: {scrub(str(exc), self._secrets)}") from None
-
-    def list_files(self) -> list[RemoteFile]:
-        prefix = list_prefix(self._prefix)
-        files: list[RemoteFile] = []
-        marker: str | None = None
-        while True:
-            try:
-                result = self._client.listObjects(
-                    self._bucket, prefix=prefix or None, marker=marker, max_keys=_LIST_PAGE,
-                    extensionHeaders=self._headers(),
-                )  # fmt: skip
-            except Exception as exc:
-                self._raise_transport(exc, "list")
-            if int(result.status or 0) >= 300:
-                self._raise_for_result(result, "list")
-            body = result.body
-            contents = body.contents or []
-            for obj in contents:
-                rel = relative_key(prefix, obj.key, self.display)
-                if rel is None:
-                    continue
-                etag = (obj.etag or "").strip('"') or None
-                files.append(RemoteFile(rel, int(obj.size), md5_from_etag(etag), etag))
-            if not body.is_truncated or not contents:
-                break
-            marker = body.next_marker or contents[-1].key
-        if not files:
-            raise SourceNotFound(f"{self.display}: no objects under this prefix")
-        ask = [i for i, remote in enumerate(files) if remote.checksum is not None]
-        encrypted = per_file(self._encrypted, [files[i].path for i in ask])
-        for index, yes in zip(ask, encrypted, strict=True):
-            if yes:
-                files[index] = dataclasses.replace(files[index], checksum=None)
-        return files
-
-    def _encrypted(self, path: str) -> bool:
-        """Is the object encrypted on the server (so its ETag is no MD5)? False when we may not ask."""
-        what = f"head {path}"
-        try:
-            result = self._client.getObjectMetadata(
-                self._bucket, key_for(self._prefix, path), extensionHeaders=self._headers()
-            )
-        except Exception as exc:
-            self._raise_transport(exc, what)
-        status = int(result.status or 0)
-        if status in (403, 404):
-            return False  # refused, or gone since the listing: the read will say so, in the job
-        if status >= 300:
-            self._raise_for_result(result, what)
-        return bool(result.body.sseKms or result.body.sseC)
-
-    def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
-        check_range(start, end)
-        if start == end:
-            return
-        key = key_for(self._prefix, path)
-        what = f"read {path}"
-        try:
-            result = self._client.getObject(
-                self._bucket, key, headers=GetObjectHeader(range=f"{start}-{end - 1}"),
-                extensionHeaders=self._headers(),
-            )  # fmt: skip
-        except Exception as exc:
-            self._raise_transport(exc, what)
-        if int(result.status or 0) >= 300:
-            self._raise_for_result(result, what)
-        stream = result.body.response
-        try:
-            pieces = iter(lambda: stream.read(PIECE_SIZE), b"")
-            yield from repieced(pieces, end - start, self.display, path)
-        except Exception as exc:
-            self._raise_transport(exc, what)
-        finally:
-            stream.close()
+            return Failure.transient(str(exc))
+        return None
 
     def close(self) -> None:
         self._client.close()

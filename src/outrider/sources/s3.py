@@ -23,34 +23,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
-import re
-from collections.abc import Iterator, Mapping
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import Any
 
 import boto3
 import botocore.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
-from outrider.sources._common import (
-    CONNECT_TIMEOUT,
+from outrider.errors import SourceAccessDenied
+from outrider.sources._common import CONNECT_TIMEOUT, POOL_HEADROOM, READ_TIMEOUT
+from outrider.sources.base import VERIFY_COST, Checksum, RemoteFile
+from outrider.sources.bucket import (
     DENIED_CODES,
     NOT_FOUND_CODES,
-    POOL_HEADROOM,
-    READ_TIMEOUT,
-    check_range,
-    key_for,
-    list_prefix,
-    per_file,
-    relative_key,
-    repieced,
-    scrub,
-    secrets_of,
-    store_error,
+    BucketSource,
+    Failure,
+    Listed,
+    Page,
+    RangeBody,
+    md5_from_etag,
 )
-from outrider.sources.base import PIECE_SIZE, VERIFY_COST, Checksum, RemoteFile, Source
 from outrider.sources.options import SourceOptions
 from outrider.sources.uri import BucketRef
 
@@ -66,27 +59,12 @@ _HEAD_FIELDS = {
 _KEY_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
 
 DEFAULT_REGION = "us-east-1"
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-# botocore reports some failures by bare status ("404", "403") and AWS adds token and account codes.
-_NOT_FOUND_CODES = NOT_FOUND_CODES | {"404"}
-_DENIED_CODES = DENIED_CODES | {"InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "403", "401"}
-_THROTTLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable", "InternalError"}
-)
 _TRANSPORT_ERRORS = (
     botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError...
     botocore.exceptions.HTTPClientError,  # ReadTimeoutError and other urllib3 failures
     botocore.exceptions.ResponseStreamingError,  # the body broke while streaming
     botocore.exceptions.IncompleteReadError,
 )
-
-
-def md5_from_etag(etag: str | None) -> Checksum | None:
-    """The MD5 a single-part ETag carries, else None (multipart ETags end in '-N')."""
-    if not etag:
-        return None
-    value = etag.strip('"').lower()
-    return Checksum("md5", value) if _MD5_ETAG.match(value) else None
 
 
 def _rank_of(checksum: Checksum) -> int:
@@ -118,32 +96,18 @@ def checksum_from_head(head: Mapping[str, Any], etag_md5: Checksum | None, singl
     return min(found, key=_rank_of, default=None)
 
 
-def raise_for_botocore(exc: Exception, display: str, secrets: tuple[str, ...], what: str) -> NoReturn:
-    """Map a boto3 failure to the source error tree, keeping the store's own words and dropping credentials."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error: dict[str, Any] = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        detail = scrub(f"{code or status}: {error.get('Message') or 'no message'}", secrets)
-        message = f"{display}: {what}: {detail}"
-        raise store_error(
-            message, code, status, denied=_DENIED_CODES, not_found=_NOT_FOUND_CODES, transient=_THROTTLE_CODES
-        ) from None
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        raise SourceAccessDenied(f"{display}: {what}: no credentials were given and none were found") from None
-    if isinstance(exc, _TRANSPORT_ERRORS):
-        raise SourceTransientError(f"{display}: {what}: {scrub(str(exc), secrets)}") from None
-    raise SourceError(f"{display}: {what}: {type(exc).__name__}: {scrub(str(exc), secrets)}") from None
-
-
-class S3Source(Source):
+class S3Source(BucketSource):
     """A bucket prefix on S3 or an S3-compatible store."""
 
+    # botocore reports some failures by bare status ("404", "403") and AWS adds token and account codes.
+    not_found_codes = NOT_FOUND_CODES | {"404"}
+    denied_codes = DENIED_CODES | {"InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "403", "401"}
+    transient_codes = frozenset(
+        {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable", "InternalError"}
+    )
+
     def __init__(self, ref: BucketRef, options: SourceOptions, *, max_workers: int) -> None:
-        self.display = ref.display
-        self._bucket = ref.bucket
-        self._prefix = ref.prefix
-        self._secrets = secrets_of(options)
+        super().__init__(ref, options)
         anonymous = not options.access_key and not options.ambient_credentials
         config = Config(
             s3={"addressing_style": "path" if options.endpoint else "auto"},
@@ -170,63 +134,39 @@ class S3Source(Source):
             config=config,
         )
 
-    def list_files(self) -> list[RemoteFile]:
-        prefix = list_prefix(self._prefix)
-        files: list[RemoteFile] = []
-        ask: list[int] = []  # files a HeadObject may tell more about: an ETag MD5 to confirm, or named checksums
-        try:
-            paginator = self._client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    rel = relative_key(prefix, obj["Key"], self.display)
-                    if rel is None:
-                        continue
-                    etag = str(obj.get("ETag", "")).strip('"') or None
-                    remote = RemoteFile(rel, int(obj["Size"]), md5_from_etag(etag), etag)
-                    files.append(remote)
-                    if remote.checksum is not None or _names_checksums(obj):
-                        ask.append(len(files) - 1)
-        except Exception as exc:
-            raise_for_botocore(exc, self.display, self._secrets, "list")
-        if not files:
-            raise SourceNotFound(f"{self.display}: no objects under this prefix")
-        found = per_file(self._head_checksum, [files[i] for i in ask])
-        for index, checksum in zip(ask, found, strict=True):
-            files[index] = dataclasses.replace(files[index], checksum=checksum)
-        return files
+    def _list_page(self, prefix: str, cursor: str | None) -> Page:
+        more = {"ContinuationToken": cursor} if cursor else {}
+        page = self._client.list_objects_v2(Bucket=self._bucket, Prefix=prefix, **more)
+        objects: list[Listed] = []
+        for obj in page.get("Contents", []):
+            etag = str(obj.get("ETag", "")).strip('"') or None
+            md5 = md5_from_etag(etag)
+            # A HeadObject may tell more: whether the ETag's MD5 holds, and the values of any named checksums.
+            ask = md5 is not None or _names_checksums(obj)
+            objects.append(Listed(obj["Key"], int(obj["Size"]), md5, etag, ask))
+        token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        return Page(objects, token or None)
 
-    def _head_checksum(self, remote: RemoteFile) -> Checksum | None:
-        key = key_for(self._prefix, remote.path)
-        try:
-            try:
-                head = self._client.head_object(Bucket=self._bucket, Key=key, ChecksumMode="ENABLED")
-            except Exception as exc:
-                raise_for_botocore(exc, self.display, self._secrets, f"head {remote.path}")
-        except (SourceAccessDenied, SourceNotFound):
-            # Not allowed to read the object, or it went away since the listing: the read will say so, in the job.
-            # Until then, what the listing gave stands.
-            return remote.checksum
-        single_part = remote.version is not None and "-" not in remote.version
-        return checksum_from_head(head, remote.checksum, single_part)
+    def _head_checksum(self, key: str, listed: RemoteFile) -> Checksum | None:
+        head = self._client.head_object(Bucket=self._bucket, Key=key, ChecksumMode="ENABLED")
+        single_part = listed.version is not None and "-" not in listed.version
+        return checksum_from_head(head, listed.checksum, single_part)
 
-    def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
-        check_range(start, end)
-        if start == end:
-            return
-        key = key_for(self._prefix, path)
-        try:
-            response = self._client.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-        except Exception as exc:
-            raise_for_botocore(exc, self.display, self._secrets, f"read {path}")
-        body = response["Body"]
-        try:
-            yield from repieced(body.iter_chunks(PIECE_SIZE), end - start, self.display, path)
-        except SourceError:
-            raise
-        except Exception as exc:
-            raise_for_botocore(exc, self.display, self._secrets, f"read {path}")
-        finally:
-            body.close()
+    def _open_range(self, key: str, start: int, end: int) -> RangeBody:
+        response = self._client.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+        body: RangeBody = response["Body"]
+        return body
+
+    def _failure(self, exc: Exception) -> Failure | None:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error: dict[str, Any] = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            return Failure.answer(str(error.get("Code", "")), status, error.get("Message"))
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return Failure("no credentials were given and none were found", error=SourceAccessDenied)
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            return Failure.transient(str(exc))
+        return None
 
     def close(self) -> None:
         self._client.close()

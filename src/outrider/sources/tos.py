@@ -12,35 +12,22 @@ engine retries per chunk and verifies whole files.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import tos
 from tos.exceptions import TosClientError, TosServerError
 
-from outrider.errors import InvalidSource, SourceError, SourceNotFound, SourceTransientError
-from outrider.sources._common import (
-    CONNECT_TIMEOUT,
-    POOL_HEADROOM,
-    READ_TIMEOUT,
-    check_range,
-    is_local_host,
-    key_for,
-    list_prefix,
-    relative_key,
-    repieced,
-    scrub,
-    secrets_of,
-    store_error,
-)
-from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
+from outrider.errors import InvalidSource
+from outrider.sources._common import CONNECT_TIMEOUT, POOL_HEADROOM, READ_TIMEOUT
+from outrider.sources.base import Checksum
+from outrider.sources.bucket import BucketSource, Failure, Listed, Page, RangeBody, is_local_host
 from outrider.sources.options import SourceOptions
 from outrider.sources.uri import BucketRef
 
 _LIST_PAGE = 1000
 
 
-class TosSource(Source):
+class TosSource(BucketSource):
     """A bucket prefix on Volcengine TOS."""
 
     def __init__(self, ref: BucketRef, options: SourceOptions, *, max_workers: int) -> None:
@@ -48,10 +35,7 @@ class TosSource(Source):
             raise InvalidSource("tos:// needs an endpoint: set config.endpoint or TOS_ENDPOINT", field="config")
         if not options.region:
             raise InvalidSource("tos:// needs a region: set config.region or TOS_REGION", field="config")
-        self.display = ref.display
-        self._bucket = ref.bucket
-        self._prefix = ref.prefix
-        self._secrets = secrets_of(options)
+        super().__init__(ref, options)
         self._client = tos.TosClientV2(
             ak=options.access_key or "",
             sk=options.secret_key or "",
@@ -67,79 +51,53 @@ class TosSource(Source):
             dns_cache_time=0,  # no background DNS refresher thread per source
         )
 
-    def _raise(self, exc: Exception, what: str) -> NoReturn:
-        if isinstance(exc, SourceError):
-            raise exc
+    def _list_page(self, prefix: str, cursor: str | None) -> Page:
+        page = self._client.list_objects_type2(
+            self._bucket, prefix=prefix or None, continuation_token=cursor, max_keys=_LIST_PAGE, list_only_once=True
+        )
+        objects: list[Listed] = []
+        for obj in page.contents:
+            crc = obj.hash_crc64_ecma
+            checksum = Checksum("crc64ecma", str(crc)) if crc is not None else None
+            etag = (obj.etag or "").strip('"') or None
+            objects.append(Listed(obj.key, int(obj.size), checksum, etag))
+        token = page.next_continuation_token
+        return Page(objects, token if page.is_truncated and token else None)
+
+    def _open_range(self, key: str, start: int, end: int) -> RangeBody:
+        return _Body(self._client.get_object(self._bucket, key, range_start=start, range_end=end - 1))
+
+    def _failure(self, exc: Exception) -> Failure | None:
         if isinstance(exc, TosServerError):
-            status = int(exc.status_code or 0)
-            code = exc.code or ""
-            detail = scrub(f"{code or status}: {exc.message or 'no message'}", self._secrets)
-            message = f"{self.display}: {what}: {detail}"
-            raise store_error(message, code, status) from None
+            return Failure.answer(exc.code or "", int(exc.status_code or 0), exc.message)
         if isinstance(exc, TosClientError):
             cause = exc.cause
-            detail = scrub(f"{exc.message}: {cause}" if cause else str(exc.message), self._secrets)
+            detail = f"{exc.message}: {cause}" if cause else str(exc.message)
             # Network failures arrive wrapped ("http request timeout" around a requests error, and requests'
-            # errors are OSErrors); a short body as
-            # "IO Content not equal content-length".
+            # errors are OSErrors); a short body as "IO Content not equal content-length".
             if isinstance(cause, OSError) or "content-length" in str(exc.message):
-                raise SourceTransientError(f"{self.display}: {what}: {detail}") from None
-            raise SourceError(f"{self.display}: {what}: {detail}") from None
+                return Failure.transient(detail)
+            return Failure(detail)
         if isinstance(exc, OSError):  # requests' errors are OSErrors
-            raise SourceTransientError(f"{self.display}: {what}: {scrub(str(exc), self._secrets)}") from None
-        raise SourceError(f"{self.display}: {what}: {type(exc).__name__}: {scrub(str(exc), self._secrets)}") from None
-
-    def list_files(self) -> list[RemoteFile]:
-        prefix = list_prefix(self._prefix)
-        files: list[RemoteFile] = []
-        token: str | None = None
-        while True:
-            try:
-                page = self._client.list_objects_type2(
-                    self._bucket, prefix=prefix or None, continuation_token=token, max_keys=_LIST_PAGE,
-                    list_only_once=True,
-                )  # fmt: skip
-            except Exception as exc:
-                self._raise(exc, "list")
-            for obj in page.contents:
-                rel = relative_key(prefix, obj.key, self.display)
-                if rel is None:
-                    continue
-                crc = obj.hash_crc64_ecma
-                checksum = Checksum("crc64ecma", str(crc)) if crc is not None else None
-                etag = (obj.etag or "").strip('"') or None
-                files.append(RemoteFile(rel, int(obj.size), checksum, etag))
-            token = page.next_continuation_token
-            if not page.is_truncated or not token:
-                break
-        if not files:
-            raise SourceNotFound(f"{self.display}: no objects under this prefix")
-        return files
-
-    def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
-        check_range(start, end)
-        if start == end:
-            return
-        key = key_for(self._prefix, path)
-        what = f"read {path}"
-        try:
-            output = self._client.get_object(self._bucket, key, range_start=start, range_end=end - 1)
-        except Exception as exc:
-            self._raise(exc, what)
-        try:
-            pieces = iter(lambda: output.read(PIECE_SIZE), b"")
-            yield from repieced(pieces, end - start, self.display, path)
-        except Exception as exc:
-            self._raise(exc, what)
-        finally:
-            _close_output(output)
+            return Failure.transient(str(exc))
+        return None
 
     def close(self) -> None:
         self._client.close()
 
 
-def _close_output(output: Any) -> None:
-    """Release the HTTP connection under a GetObjectOutput (the SDK offers no close of its own)."""
-    response = getattr(getattr(output, "resp", None), "resp", None)  # tos.http.Response -> requests.Response
-    if response is not None:
-        response.close()
+class _Body:
+    """A GetObjectOutput as a RangeBody: the SDK offers no close of its own."""
+
+    def __init__(self, output: Any) -> None:
+        self._output = output
+
+    def read(self, size: int, /) -> bytes:
+        data: bytes = self._output.read(size)
+        return data
+
+    def close(self) -> None:
+        """Release the HTTP connection under the output."""
+        response = getattr(getattr(self._output, "resp", None), "resp", None)  # tos.http.Response -> requests.Response
+        if response is not None:
+            response.close()
