@@ -6,7 +6,7 @@ A message is written for the caller: it names the field and the problem and neve
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 
 class OutriderError(Exception):
@@ -23,12 +23,26 @@ class OutriderError(Exception):
     def to_json(self) -> dict[str, Any]:
         return error_body(self.type, self.message, self.field)
 
+    def clone(self) -> Self:
+        """The same error as a new object with no traceback, for handing one outcome to several waiting tasks:
+        raising one exception object in two tasks would splice their tracebacks together."""
+        twin = type(self).__new__(type(self), *self.args)
+        twin.__dict__.update(self.__dict__)
+        return twin
+
 
 class InvalidRequest(OutriderError):
     """The request is malformed: a missing or wrong field, a bad value."""
 
     status = 400
     type = "invalid_request"
+
+
+class PathOutsideRoot(InvalidRequest):
+    """A path a request names would lead outside the root it must stay under (`..`, elsewhere, a symlink out)."""
+
+    status = 403
+    type = "path_outside_root"
 
 
 class NotFound(OutriderError):

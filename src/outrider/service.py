@@ -58,7 +58,7 @@ def build_runtime(settings: Settings, source_opener: SourceOpener | None = None)
     reconciler = Reconciler(
         EngineClient(settings.engine_base_url, settings.engine_api_key),
         spec.lora,
-        SharedFetches(VolumeFetcher(root, downloads.fetch)),
+        SharedFetches(VolumeFetcher(root, downloads.fetch, pvc_root=settings.downloads.pvc_root)),
         adapter_root=root,
         interval=settings.adapter_sync_interval,
         metrics=metrics,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from outrider.settings import Settings
+from outrider.settings import DownloadSettings, Settings
 from tests.fakes.lora_engine import FakeLoraEngine
 
 INTERVAL = 0.2
@@ -62,5 +62,6 @@ def lora_settings(engine: FakeLoraEngine, root: Path, **changes: object) -> Sett
         metrics_max_age=1.5,
         adapter_root=str(root),
         adapter_sync_interval=INTERVAL,
+        downloads=DownloadSettings(pvc_root=str(root)),  # pvc://name: the adapters made under `root`
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]

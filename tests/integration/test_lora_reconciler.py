@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from outrider.adapters.fetch import SharedFetches, VolumeFetcher
+from outrider.adapters.fetch import Fetched, SharedFetches, VolumeFetcher
 from outrider.adapters.reconciler import Reconciler
 from outrider.engines.client import EngineClient
 from outrider.engines.vllm import VLLM
@@ -23,7 +23,7 @@ class SteeredFetcher:
     """Volume fetches, counted; fetches of names in `held` wait until released; a remote stand-in for others."""
 
     def __init__(self, root: Path) -> None:
-        self.volume = VolumeFetcher(root, remote=self.remote)
+        self.volume = VolumeFetcher(root, remote=self.remote, pvc_root=str(root))
         self.held: set[str] = set()
         self.release = trio.Event()
         self.fetches: list[str] = []
@@ -33,7 +33,7 @@ class SteeredFetcher:
         self.remote_calls.append((source, dest))
         return dest.parent / source.rsplit("/", 1)[1]  # pretend it downloaded into an existing adapter dir
 
-    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Path:
+    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Fetched:
         self.fetches.append(name)
         if name in self.held:
             await self.release.wait()
@@ -123,7 +123,7 @@ async def test_retracting_during_a_fetch_cancels_it_and_loads_nothing(
 async def test_redeclaring_with_a_new_source_replaces_the_loaded_adapter(
     nursery: trio.Nursery, vllm: FakeLoraEngine, root: Path
 ) -> None:
-    r = make_reconciler(vllm, SharedFetches(VolumeFetcher(root)), root)
+    r = make_reconciler(vllm, SharedFetches(VolumeFetcher(root, pvc_root=str(root))), root)
     await nursery.start(r.run)
     with trio.fail_after(5):
         await r.wait_loaded(r.declare("x", "pvc://a"))
@@ -149,7 +149,7 @@ async def test_adopts_what_it_loaded_before_a_sidecar_restart(
     nursery: trio.Nursery, vllm: FakeLoraEngine, root: Path
 ) -> None:
     vllm.loaded["a"] = str(root / "a")  # loaded by an earlier outrider from the same path
-    r = make_reconciler(vllm, SharedFetches(VolumeFetcher(root)), root)
+    r = make_reconciler(vllm, SharedFetches(VolumeFetcher(root, pvc_root=str(root))), root)
     await nursery.start(r.run)
     with trio.fail_after(5):
         await r.wait_loaded(r.declare("a", "pvc://a"))

@@ -69,7 +69,9 @@ async def outrider(
     make_adapter(volume, "broken", valid=False)
     (tmp_path / "models").mkdir()
     pod = SourceOptions(endpoint=moto[0].url, region="us-east-1")
-    downloads = DownloadSettings(model_root=str(tmp_path / "models"), workers=2, source_defaults=pod)
+    downloads = DownloadSettings(
+        model_root=str(tmp_path / "models"), pvc_root=str(volume), workers=2, source_defaults=pod
+    )
     settings = lora_settings(engine, volume, api_token=TOKEN, downloads=downloads, max_body_size=64 * 1024)
     settings = dataclasses.replace(settings, metrics_profiles=("outrider", "kthena", "aibrix"))
     o = await start_outrider(nursery, settings)

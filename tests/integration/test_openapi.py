@@ -22,7 +22,7 @@ TOKEN = "spec-test-token"
 
 
 async def _start(nursery: trio.Nursery, vllm: FakeLoraEngine, root: Path, token: str | None) -> Running:
-    downloads = DownloadSettings(model_root=str(root))
+    downloads = DownloadSettings(model_root=str(root), pvc_root=str(root))
     return await start_outrider(nursery, lora_settings(vllm, root, api_token=token, downloads=downloads))
 
 

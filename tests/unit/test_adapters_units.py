@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from outrider.adapters.fetch import SharedFetches, resolve_on_volume
+from outrider.adapters.fetch import Fetched, SharedFetches, place_on_volume
 from outrider.adapters.file import AdaptersFileError, parse_adapters
 from outrider.adapters.names import display_source, validate_name
 from outrider.adapters.reconciler import Declaration
@@ -71,16 +71,49 @@ def test_volume_sources_are_confined(tmp_path: Path) -> None:
     (tmp_path / "outside").mkdir()
     (root / "out").symlink_to(tmp_path / "outside")
     (root / "in").symlink_to(root / "a")
-    assert resolve_on_volume(root, "pvc://a") == root / "a"
-    assert resolve_on_volume(root, str(root / "a")) == root / "a"
-    assert resolve_on_volume(root, "pvc://in") == root / "a"  # a symlink that stays inside is fine
-    for bad in ("pvc://../outside", str(tmp_path / "outside"), "pvc://out", "pvc://a/../../outside", "/etc"):
+
+    def place(source: str) -> Path | None:
+        return place_on_volume(source, adapter_root=root, pvc_root=str(root))
+
+    assert place("pvc://a") == root / "a"
+    assert place(str(root / "a")) == root / "a"
+    assert place("pvc://in") == root / "a"  # a symlink that stays inside is fine
+    for bad in ("pvc://out", str(tmp_path / "outside"), "/etc"):
         with pytest.raises(SourceAccessDenied):
-            resolve_on_volume(root, bad)
+            place(bad)
     with pytest.raises(SourceNotFound):
-        resolve_on_volume(root, "pvc://missing")
-    with pytest.raises(InvalidSource):
-        resolve_on_volume(root, "pvc://")
+        place("pvc://missing")
+    # `..` is refused by its words, as on the download routes (the same source means the same on every route).
+    for invalid in ("pvc://", "pvc://../outside", "pvc://a/../../outside", str(root / "a" / ".." / ".." / "outside")):
+        with pytest.raises(InvalidSource):
+            place(invalid)
+
+
+def test_pvc_means_under_the_pvc_root_on_every_route(tmp_path: Path) -> None:
+    """pvc://x is <--pvc-root>/x, as for downloads: in place when the engine can read it (under the adapter
+    root), else None (to be copied); refused while no --pvc-root is set."""
+    adapters, pvc = tmp_path / "adapters", tmp_path / "pvc"
+    (pvc / "lora-a").mkdir(parents=True)
+    (adapters / "shared" / "lora-b").mkdir(parents=True)
+    assert place_on_volume("pvc://lora-a", adapter_root=adapters, pvc_root=str(pvc)) is None
+    assert place_on_volume(str(pvc / "lora-a"), adapter_root=adapters, pvc_root=str(pvc)) is None
+    # The pvc root may be the adapter volume itself, or hold it: then pvc:// sources load in place.
+    assert place_on_volume("pvc://shared/lora-b", adapter_root=adapters, pvc_root=str(adapters)) == (
+        adapters / "shared" / "lora-b"
+    )
+    assert place_on_volume("pvc://adapters/shared/lora-b", adapter_root=adapters, pvc_root=str(tmp_path)) == (
+        adapters / "shared" / "lora-b"
+    )
+    with pytest.raises(SourceNotFound):  # not under the adapter root: pvc:// never means that any more
+        place_on_volume("pvc://shared/lora-b", adapter_root=adapters, pvc_root=str(pvc))
+    with pytest.raises(SourceAccessDenied, match="no --pvc-root"):
+        place_on_volume("pvc://lora-a", adapter_root=adapters, pvc_root=None)
+    # An absolute path under the adapter root needs no pvc root; one elsewhere does.
+    assert place_on_volume(str(adapters / "shared" / "lora-b"), adapter_root=adapters, pvc_root=None) == (
+        adapters / "shared" / "lora-b"
+    )
+    with pytest.raises(SourceAccessDenied):
+        place_on_volume(str(pvc / "lora-a"), adapter_root=adapters, pvc_root=None)
 
 
 class _Counting:
@@ -88,32 +121,37 @@ class _Counting:
         self.calls = 0
         self.release = trio.Event()
         self.fail = False
+        self.cancel_group = False
 
-    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Path:
+    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Fetched:
         self.calls += 1
         await self.release.wait()
         if self.fail:
             raise SourceNotFound("gone")
-        return dest
+        if self.cancel_group:
+            raise BaseExceptionGroup("owner cancelled", [trio.Cancelled._create()])
+        return Fetched(dest, downloaded=True)
 
 
 async def test_shared_fetches_share_results_and_errors() -> None:
     inner = _Counting()
     shared = SharedFetches(inner)
     results: list[object] = []
+    errors: list[SourceNotFound] = []
 
     async def one(name: str) -> None:
         try:
             results.append(await shared.fetch(name, "s3://b/x", None, Path("/d")))
         except SourceNotFound as exc:
             results.append(exc.message)
+            errors.append(exc)
 
     async with trio.open_nursery() as n:
         for name in ("a", "b", "c"):
             n.start_soon(one, name)
         await trio.testing.wait_all_tasks_blocked()
         inner.release.set()
-    assert results == [Path("/d")] * 3
+    assert results == [Fetched(Path("/d"), downloaded=True)] * 3
     assert inner.calls == 1
 
     inner.release = trio.Event()
@@ -125,6 +163,37 @@ async def test_shared_fetches_share_results_and_errors() -> None:
         await trio.testing.wait_all_tasks_blocked()
         inner.release.set()
     assert results == ["gone", "gone"]
+    assert inner.calls == 2
+    # Each task raised an error of its own: one object raised in two tasks would carry both tracebacks.
+    assert errors[0] is not errors[1]
+    assert errors[0].field == errors[1].field and type(errors[0]) is type(errors[1])
+
+
+async def test_a_joiner_of_a_fetch_that_ended_cancelled_starts_its_own() -> None:
+    """A Cancelled wrapped in a group (as a nursery raises it) is not an outcome to hand on: the joiner fetches."""
+    inner = _Counting()
+    inner.cancel_group = True
+    shared = SharedFetches(inner)
+    outcomes: list[object] = []
+
+    async def owner() -> None:
+        try:
+            await shared.fetch("a", "s3://b/x", None, Path("/d"))
+        except BaseExceptionGroup as group:
+            outcomes.append(type(group))
+            inner.cancel_group = False  # runs before the joiner wakes: its own fetch then succeeds
+
+    async def joiner() -> None:
+        outcomes.append(await shared.fetch("b", "s3://b/x", None, Path("/d")))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(owner)
+        await trio.testing.wait_all_tasks_blocked()
+        n.start_soon(joiner)
+        await trio.testing.wait_all_tasks_blocked()
+        inner.release.set()
+    assert outcomes[0] is BaseExceptionGroup
+    assert outcomes[1:] == [Fetched(Path("/d"), downloaded=True)]
     assert inner.calls == 2
 
 

@@ -1,11 +1,13 @@
 """Where an adapter's files come from: the seam between the reconciler and the download engine.
 
 The reconciler asks an `AdapterFetcher` for a local directory the engine can load, and never asks what kind of
-source it was. `VolumeFetcher` answers for sources already on the shared volume (an absolute path or `pvc://path`
-under the adapter root, confined: no `..`, no symlink leading out) and hands every other source to one injected
-`RemoteDownload` callable (the transfer engine's download function). Without one, a remote source is an
-`InvalidSource` (400) saying so. `SharedFetches` wraps any fetcher so concurrent fetches of one source into one
-directory share a single download.
+source it was. `VolumeFetcher` gives volume sources the meaning they have on every route: `pvc://path` is a
+directory under `--pvc-root` (refused while none is set), an absolute path a directory under the adapter root or
+the pvc root. One the engine can already read (its real path lies under the adapter root, which the engine mounts
+at the same path) is used in place; any other is copied into the adapter's directory by the download engine,
+verified and published atomically, like every remote source (S3, OBS, TOS, Hugging Face). Without a download
+engine such a source is an `InvalidSource` (400) saying so. `SharedFetches` wraps any fetcher so concurrent
+fetches of one source into one directory share a single download.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Protocol
 import trio
 
 from outrider.adapters.names import display_source
-from outrider.errors import InvalidSource, SourceAccessDenied, SourceNotFound
+from outrider.errors import InvalidSource, OutriderError, SourceAccessDenied, SourceNotFound
+from outrider.sources.uri import VolumeRef, parse_source
+from outrider.transfer.paths import confine
 
 #: Download `source` (with its per-request options, e.g. credentials) into the directory `dest` and return the
 #: directory holding the adapter. The transfer engine provides it; it must publish atomically (nothing
@@ -27,11 +31,21 @@ from outrider.errors import InvalidSource, SourceAccessDenied, SourceNotFound
 RemoteDownload = Callable[[str, Mapping[str, object] | None, Path], Awaitable[Path]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """Where an adapter's files are, and whether outrider wrote them (then it deletes them once the adapter is
+    no longer declared; a directory it was only pointed at is never deleted)."""
+
+    path: Path
+    downloaded: bool
+
+
 class AdapterFetcher(Protocol):
-    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Path:
-        """Make adapter `name` from `source` available on the shared volume; return the directory the engine
-        should load (`dest` for downloads, the source directory itself when it is already on the volume).
-        Raises `outrider.errors.SourceError` subclasses (InvalidSource, SourceNotFound, SourceAccessDenied, ...)."""
+    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Fetched:
+        """Make adapter `name` from `source` available on the shared volume: the directory the engine should load
+        (`dest` for downloads and copies, the source directory itself when the engine can read it in place).
+        Raises `outrider.errors.SourceError` subclasses (InvalidSource, SourceNotFound, SourceAccessDenied, ...)
+        and `PathOutsideRoot` when `dest` leads out of the adapter root."""
         ...
 
 
@@ -39,85 +53,111 @@ def is_volume_source(source: str) -> bool:
     return source.startswith("/") or source.startswith("pvc://")
 
 
-def confine(root: Path, raw: str, field: str) -> Path:
-    """`raw` (absolute, or relative to `root`) as a path inside `root`, judged by its words alone: no `..` part,
-    not outside `root`. Symlinks are checked by `resolve_on_volume` when the path is read."""
-    path = Path(raw) if raw.startswith("/") else root / raw
-    if ".." in path.parts or "\x00" in raw:
-        raise SourceAccessDenied(f"{field} {raw!r} must not contain '..'", field=field)
-    if path != root and root not in path.parents:
-        raise SourceAccessDenied(f"{field} {raw!r} is outside the adapter root {root}", field=field)
-    return path
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
-def resolve_on_volume(root: Path, source: str, field: str = "source") -> Path:
-    """The directory a volume source names, as the engine sees it (under `root`). Blocking: call in a thread."""
-    raw = source.removeprefix("pvc://") if source.startswith("pvc://") else source
-    if not raw or raw == "/":
-        raise InvalidSource(f"{field} {source!r} names no directory", field=field)
-    path = confine(root, raw, field)
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(path))
-    if real != real_root and real_root not in real.parents:
-        raise SourceAccessDenied(f"{field} {source!r} leads outside the adapter root {root}", field=field)
-    if not real.is_dir():
-        raise SourceNotFound(f"{field} {source!r}: no such directory", field=field)
-    # The engine mounts the volume at `root`, not necessarily at its real path: hand it the path under `root`.
-    return root / real.relative_to(real_root)
+def place_on_volume(source: str, *, adapter_root: Path, pvc_root: str | None) -> Path | None:
+    """For a volume source: the directory to hand the engine when it can read it in place (a path under
+    `adapter_root` as the engine sees it), or None when it must be copied under the adapter root first.
+    Raises InvalidSource, SourceAccessDenied (leads outside both roots, or pvc:// without a pvc root) or
+    SourceNotFound. Blocking: it resolves symlinks; call it in a thread."""
+    ref = parse_source(source)
+    if not isinstance(ref, VolumeRef):  # parse_source reads only "/..." and "pvc://..." as volume sources
+        raise InvalidSource(f"source {display_source(source)!r} is not on a volume", field="source")
+    real_adapters = os.path.realpath(adapter_root)
+    real_pvc = os.path.realpath(pvc_root) if pvc_root is not None else None
+    if ref.relative:
+        if real_pvc is None:
+            raise SourceAccessDenied(
+                f"source {ref.display!r}: pvc:// sources are disabled (no --pvc-root is set)", field="source"
+            )
+        real = os.path.realpath(os.path.join(real_pvc, ref.path))
+        allowed = _inside(real, real_pvc)
+    else:
+        real = os.path.realpath(ref.path)
+        allowed = _inside(real, real_adapters) or (real_pvc is not None and _inside(real, real_pvc))
+    if not allowed:
+        roots = "--pvc-root" if ref.relative else "the adapter root or --pvc-root"
+        raise SourceAccessDenied(f"source {ref.display!r} leads outside {roots}", field="source")
+    if not os.path.isdir(real):
+        raise SourceNotFound(f"source {ref.display!r}: no such directory", field="source")
+    if not _inside(real, real_adapters):
+        return None
+    # The engine mounts the volume at `adapter_root`, not necessarily at its real path: hand it the path under it.
+    return adapter_root / os.path.relpath(real, real_adapters)
 
 
 class VolumeFetcher:
-    """Sources on the shared volume are used in place; all others go to `remote` (or are refused without one)."""
+    """Sources the engine can read are used in place; all others go to `remote` (or are refused without one)."""
 
     def __init__(
-        self, root: Path, remote: RemoteDownload | None = None, limiter: trio.CapacityLimiter | None = None
+        self,
+        root: Path,
+        remote: RemoteDownload | None = None,
+        *,
+        pvc_root: str | None = None,
+        limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self.root = root
         self.remote = remote
+        self.pvc_root = pvc_root
         self._limiter = limiter
 
-    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Path:
+    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Fetched:
         if is_volume_source(source):
-            return await trio.to_thread.run_sync(resolve_on_volume, self.root, source, limiter=self._limiter)
+            in_place = await trio.to_thread.run_sync(
+                lambda: place_on_volume(source, adapter_root=self.root, pvc_root=self.pvc_root),
+                limiter=self._limiter,
+                abandon_on_cancel=True,
+            )
+            if in_place is not None:
+                return Fetched(in_place, downloaded=False)
         if self.remote is None:
             raise InvalidSource(
                 f"source {display_source(source)!r} is not on the shared volume and this outrider has no download "
-                f"engine: give an absolute path or pvc://path under {self.root}",
+                f"engine: give a directory under {self.root}",
                 field="source",
             )
-        return await self.remote(source, config, dest)
+        # Confined again here, symlinks resolved, right before anything is written (the caller checked it when the
+        # adapter was declared; a link made since must not lead the write elsewhere).
+        target = await trio.to_thread.run_sync(
+            confine, self.root, str(dest), "output_dir", limiter=self._limiter, abandon_on_cancel=True
+        )
+        return Fetched(await self.remote(source, config, target), downloaded=True)
 
 
 @dataclasses.dataclass
 class _Pending:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    result: Path | None = None
-    error: BaseException | None = None
+    result: Fetched | None = None
+    error: OutriderError | None = None
 
 
 class SharedFetches:
     """Concurrent fetches of the same source into the same directory share one call to the wrapped fetcher.
 
-    A caller that joins a fetch in progress gets its result or its error. If the fetch was cancelled (its owner
-    went away), a joiner starts its own."""
+    A caller that joins a fetch in progress gets its result, or its own copy of its error (an exception object is
+    never raised in two tasks: each raise adds to its traceback). If the fetch ended any other way (cancelled
+    because its owner went away, or a bug), a joiner starts its own."""
 
     def __init__(self, inner: AdapterFetcher) -> None:
         self.inner = inner
         self._inflight: dict[tuple[str, str], _Pending] = {}
 
-    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Path:
+    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Fetched:
         key = (source, str(dest))
         while (pending := self._inflight.get(key)) is not None:
             await pending.done.wait()
             if pending.result is not None:
                 return pending.result
-            if pending.error is not None and not isinstance(pending.error, trio.Cancelled):
-                raise pending.error
+            if pending.error is not None:
+                raise pending.error.clone() from None
         pending = self._inflight[key] = _Pending()
         try:
             pending.result = await self.inner.fetch(name, source, config, dest)
             return pending.result
-        except BaseException as exc:
+        except OutriderError as exc:
             pending.error = exc
             raise
         finally:

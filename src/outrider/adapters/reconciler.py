@@ -3,7 +3,8 @@
 The declared set lives here (`declare`, `retract`, `set_file_entries`). Every `interval` seconds, and at once after
 any change, one pass reads what the engine has loaded (`GET /v1/models`) and starts one task per adapter that needs
 work: fetch and load what is declared but missing (including everything a restarted engine forgot), unload what
-outrider loaded and is no longer declared. Adapters someone else loaded are left alone.
+outrider loaded and is no longer declared, and delete the files outrider downloaded for it (never a directory it
+was only pointed at). Adapters someone else loaded are left alone.
 
 Rules the loop keeps:
 - one task per name at a time, under that name's `trio.Lock`, so operations on one adapter are serialized while
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
 
-from outrider.adapters.fetch import AdapterFetcher, confine
+from outrider.adapters.fetch import AdapterFetcher
 from outrider.adapters.names import display_source, validate_name
 from outrider.adapters.state import Adapter, Origin, State, Ticket
 from outrider.engines.base import LoraApi
@@ -41,6 +43,7 @@ from outrider.errors import (
     OutriderError,
 )
 from outrider.metrics.own import OwnMetrics
+from outrider.transfer.paths import confine
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +105,18 @@ class Reconciler:
         config: Mapping[str, object] | None = None,
         *,
         origin: Origin = Origin.API,
-        dest: str | None = None,
+        dest: Path | None = None,
     ) -> Ticket:
         """Declare that adapter `name` should be loaded from `source`. Returns at once; the loop does the work.
 
+        `dest` (where a download lands; default `<adapter root>/<name>`) must already be confined to the adapter
+        root by the caller (`transfer.paths.confine_off_loop`); the fetcher confines it again before writing.
         Declaring the same thing again changes nothing (and retries at once if it had failed). A different source,
         config or destination replaces the adapter. The API may not change a name the adapters file owns."""
         validate_name(name, "name")
         if not isinstance(source, str) or not source.strip():
             raise InvalidRequest("source must be a non-empty string", field="source")
-        target = confine(self.adapter_root, dest, "output_dir") if dest else self.adapter_root / name
+        target = dest if dest is not None else self.adapter_root / name
         rec = self._adapters.get(name)
         now = time.time()
         same = rec is not None and rec.desired and (rec.source, rec.config, rec.dest) == (source, config, target)
@@ -218,7 +223,7 @@ class Reconciler:
     # ----- operations for the compatible routes -----------------------------------------------------------------
 
     async def load(
-        self, name: str, source: str, config: Mapping[str, object] | None = None, dest: str | None = None
+        self, name: str, source: str, config: Mapping[str, object] | None = None, dest: Path | None = None
     ) -> Adapter:
         """Declare and wait until loaded. If this call created the declaration and the attempt failed, the
         declaration is withdrawn again: the caller was told it failed, so it must not appear later on its own."""
@@ -363,11 +368,13 @@ class Reconciler:
                 self._set_state(rec, State.DOWNLOADING)
                 with trio.CancelScope() as scope:
                     rec.fetch_scope = scope
-                    path = await self.fetcher.fetch(rec.name, rec.source, rec.config, rec.dest)
+                    fetched = await self.fetcher.fetch(rec.name, rec.source, rec.config, rec.dest)
                 rec.fetch_scope = None
-                if scope.cancelled_caught or not self._current(rec, gen):
+                if scope.cancelled_caught:
                     return  # retracted or replaced meanwhile; the next pass handles the new state
-                rec.path = path
+                rec.path, rec.downloaded = fetched.path, fetched.downloaded
+                if not self._current(rec, gen):
+                    return
             path_s = str(rec.path)
             seen = (await self.engine.list_adapters()).get(rec.name)
             if seen is not None and seen.path == path_s:
@@ -468,7 +475,29 @@ class Reconciler:
             lock = self._locks.get(rec.name)
             if lock is not None and not lock.locked():
                 del self._locks[rec.name]
+            if rec.downloaded and rec.path is not None and self._nursery is not None:
+                self._nursery.start_soon(self._delete_download, rec.name, rec.path)
         self._changed_now()
+
+    async def _delete_download(self, name: str, path: Path) -> None:
+        """Delete the directory outrider downloaded for a forgotten adapter, unless it was declared again meanwhile
+        and uses it. Under the name's lock, so a new fetch into the same directory waits for the delete."""
+        async with self._lock(name):
+            rec = self._adapters.get(name)
+            if rec is not None and rec.path == path:
+                return
+            try:
+                # Confined again, symlinks resolved: a link swapped in since the download must not aim the delete
+                # elsewhere.
+                real = await trio.to_thread.run_sync(confine, self.adapter_root, str(path), "output_dir")
+                await trio.to_thread.run_sync(shutil.rmtree, real)
+            except FileNotFoundError:
+                return
+            except (OSError, OutriderError) as exc:
+                log.warning("adapter %s: could not delete its downloaded files at %s: %s", name, path, exc)
+                self._count_error("cleanup")
+                return
+            log.info("adapter %s: deleted its downloaded files at %s", name, path)
 
     def _set_state(self, rec: Adapter, state: State) -> None:
         if rec.state != state:

@@ -65,6 +65,7 @@ class Adapter:
     error: OutriderError | None = None  # of the last attempt
     retry_at: float = 0.0  # trio clock; no attempt before it
     path: Path | None = None  # the directory handed to the engine, once fetched
+    downloaded: bool = False  # `path` was written by outrider (deleted once no longer declared), not a volume source
     loaded_path: str | None = None  # set while the engine holds it because outrider loaded (or adopted) it
     loaded_at: float | None = None
     updated_at: float = 0.0

@@ -22,6 +22,7 @@ from outrider.http import models as m
 from outrider.http.adapters import reconciler
 from outrider.http.body import bool_field, config_field, json_object, string_field
 from outrider.http.spec import describe
+from outrider.transfer.paths import confine_off_loop
 
 blueprint = Blueprint("compat_lora", __name__)
 
@@ -88,13 +89,14 @@ async def kthena_load() -> tuple[Response, int]:
         config = {**(config or {}), "max_workers": max_workers}
     async_download = bool_field(body, "async_download")
     r = reconciler()
+    dest = await confine_off_loop(r.adapter_root, output_dir, "output_dir") if output_dir else None
     echo = {"lora_name": name, "source": source, "output_dir": output_dir}
     if async_download:
-        r.declare(name, source.strip(), config, dest=output_dir)
+        r.declare(name, source.strip(), config, dest=dest)
         return jsonify(
             {"status": "started", **echo, "message": f"loading LoRA adapter '{name}' in the background"}
         ), 202
-    rec = await r.load(name, source.strip(), config, dest=output_dir)
+    rec = await r.load(name, source.strip(), config, dest=dest)
     return jsonify({"status": "success", **echo, "path": str(rec.path), "message": _loaded_text(name)}), 200
 
 

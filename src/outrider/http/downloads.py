@@ -30,7 +30,7 @@ from outrider.runtime import Runtime
 from outrider.settings import MAX_DOWNLOAD_WORKERS, SettingsError, parse_size, parse_suffixes
 from outrider.transfer import state
 from outrider.transfer.jobs import DownloadRequest, Job, JobManager
-from outrider.transfer.paths import confine
+from outrider.transfer.paths import confine_off_loop
 
 blueprint = Blueprint("downloads", __name__)
 
@@ -124,7 +124,7 @@ _JOB_FAILURES: dict[int | str, type[BaseModel]] = {status: m.JobFailure for stat
 @describe(request=m.DownloadCreate, responses={200: m.Job, 202: m.Job, **_JOB_FAILURES})
 async def create_download() -> tuple[Response, int, dict[str, str]] | tuple[Response, int]:
     body = await strict_body(m.DownloadCreate)
-    dest = confine(_model_root(), body.dest, "dest")
+    dest = await confine_off_loop(_model_root(), body.dest, "dest")
     job = await _manager().submit(
         DownloadRequest(
             source=body.source,
@@ -181,7 +181,7 @@ async def kthena_download_model() -> tuple[Response, int]:
     body = await json_object()
     source = required_string(body, "source")
     output_dir_raw = required_string(body, "output_dir")
-    output_dir = confine(_model_root(), output_dir_raw, "output_dir")
+    output_dir = await confine_off_loop(_model_root(), output_dir_raw, "output_dir")
     config = config_field(body, "config")
     workers = _workers(body, "max_workers")
     async_download = _bool(body, "async_download", False)
@@ -216,8 +216,8 @@ async def aibrix_model_download() -> tuple[Response, int]:
     model_name = string_field(body, "model_name", required=False) or model_uri.rstrip("/").rsplit("/", 1)[-1]
     if not model_name or "/" in model_name or "\\" in model_name or model_name in (".", ".."):
         raise InvalidRequest(f"model_name must be one directory name, got {model_name!r}", field="model_name")
-    base = root if local_dir_raw is None else str(confine(root, local_dir_raw, "local_dir"))
-    dest = confine(root, os.path.join(base, model_name), "model_name")
+    base = root if local_dir_raw is None else str(await confine_off_loop(root, local_dir_raw, "local_dir"))
+    dest = await confine_off_loop(root, os.path.join(base, model_name), "model_name")
     config = config_field(body, "download_extra_config") or {}
     workers = _workers(config, "num_threads")
     suffixes = config.get("allow_file_suffix")

@@ -13,7 +13,7 @@ from outrider import __version__
 # Scrape failure reasons: a small closed set, so the label cannot grow without bound.
 FAILURE_REASONS = ("timeout", "connect", "http_status", "protocol", "invalid_page")
 # Adapter reconcile failure reasons, closed for the same reason.
-RECONCILE_ERROR_REASONS = ("engine_unavailable", "engine_refused", "fetch", "internal")
+RECONCILE_ERROR_REASONS = ("engine_unavailable", "engine_refused", "fetch", "cleanup", "internal")
 # Download failure reasons: closed, like the scrape ones; `download_failure_reason` maps errors onto them.
 DOWNLOAD_FAILURE_REASONS = (
     "source_not_found",

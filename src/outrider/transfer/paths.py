@@ -1,9 +1,12 @@
-"""Confining request destinations to the model root, before anything is written.
+"""Confining a directory a request names to a root (the model root, the adapter root), before anything is written.
 
-A destination is refused (InvalidRequest naming the field) when any spelling could leave the root: a `..` part
-(also percent-encoded), an absolute path elsewhere, a NUL byte, or a symlink anywhere along the existing part of
-the path that resolves outside the root. The root itself is refused too: a download needs a directory of its own.
-Concurrent symlink swaps inside the root are out of scope: outrider is the only writer under it.
+The one confinement rule of the project: a destination that could leave its root is refused with
+`PathOutsideRoot` (403, naming the field): a `..` part (also percent-encoded), an absolute path elsewhere, or a
+symlink anywhere along the existing part of the path that resolves outside the root. A NUL byte, an empty path,
+the root itself (a download needs a directory of its own) or an existing file are a 400.
+Resolving symlinks touches the file system, which may be a stalled network volume: `confine` blocks, so the
+event loop calls `confine_off_loop`. Concurrent symlink swaps inside the root are out of scope: outrider is the
+only writer under it.
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from outrider.errors import InvalidRequest, InvalidSource
+import trio
+
+from outrider.errors import InvalidRequest, InvalidSource, PathOutsideRoot
 
 
 def confine(root: str | Path, raw: str, field: str) -> Path:
-    """The absolute destination for `raw` (relative to `root`, or absolute under it), or InvalidRequest."""
+    """The destination for `raw` (relative to `root`, or absolute under it) as a path under `root` as given, with
+    every symlink resolved (so a container that mounts the root elsewhere can be handed the same relative path).
+    Raises PathOutsideRoot or InvalidRequest, naming `field`. Blocking: see `confine_off_loop`."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidRequest(f"{field} must be a non-empty path", field=field)
     if "\x00" in raw:
         raise InvalidRequest(f"{field} must not contain a NUL byte", field=field)
     for spelling in {raw, urllib.parse.unquote(raw)}:
         if ".." in spelling.replace("\\", "/").split("/"):
-            raise InvalidRequest(f"{field} must not contain '..': {raw!r}", field=field)
+            raise PathOutsideRoot(f"{field} must not contain '..': {raw!r}", field=field)
     real_root = Path(os.path.realpath(root))
     candidate = Path(raw) if raw.startswith("/") else Path(root) / raw
     # realpath resolves every symlink in the part that exists; what does not exist yet cannot point anywhere.
@@ -32,11 +39,19 @@ def confine(root: str | Path, raw: str, field: str) -> Path:
         is_file = resolved.exists() and not resolved.is_dir()
     except OSError as exc:  # a name too long for the file system, say
         raise InvalidRequest(f"{field} is not a usable path: {exc.strerror}", field=field) from None
-    if resolved == real_root or real_root not in resolved.parents:
-        raise InvalidRequest(f"{field} must be a directory under the model root {str(root)!r}: {raw!r}", field=field)
+    if resolved == real_root:
+        raise InvalidRequest(f"{field} must name a directory of its own under {str(root)!r}, not the root", field=field)
+    if real_root not in resolved.parents:
+        raise PathOutsideRoot(f"{field} must be a directory under {str(root)!r}: {raw!r}", field=field)
     if is_file:
         raise InvalidRequest(f"{field} names an existing file, not a directory: {raw!r}", field=field)
-    return resolved
+    return Path(root) / resolved.relative_to(real_root)
+
+
+async def confine_off_loop(root: str | Path, raw: str, field: str) -> Path:
+    """`confine` in a worker thread. A caller cancelled meanwhile (a client gone, a shutdown) returns at once; the
+    thread, stuck perhaps on a dead mount, is left to finish on its own: it only reads."""
+    return await trio.to_thread.run_sync(confine, root, raw, field, abandon_on_cancel=True)
 
 
 def join_under(dest: Path, relative: str) -> Path:
