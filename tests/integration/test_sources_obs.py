@@ -8,16 +8,17 @@ SigV4 check does not. So listings run with moto's authentication off, and creden
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from outrider.errors import InvalidSource, SourceAccessDenied, SourceNotFound, SourceTransientError
 from outrider.sources import Source, SourceOptions, open_source
 from outrider.sources.base import PIECE_SIZE
+from tests.integration.stores import moto_fixture, open_bucket
 from tests.servers.faults import FaultServer
-from tests.servers.moto import ADMIN, MotoServer, free_port
+from tests.servers.moto import ADMIN, REGION, MotoServer, free_port
 from tests.servers.tree import BIG, BIG_RANGES, BIG_SIZE, md5_hex, model_tree, read_all
 
 BUCKET = "obs-models"
@@ -26,21 +27,14 @@ TREE = model_tree()
 SECRET_MARK = "obs-s3cr3t-never-shown"
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
-        files = {f"{PREFIX}/{path}": data for path, data in TREE.items()}
-        files.update({f"{PREFIX}-sibling/x.bin": b"x", f"{PREFIX}/folder-marker/": b""})
-        server.seed(BUCKET, files)
-        # moto keeps the MD5 as the ETag of an encrypted object; OBS does not (an encrypted object's ETag is no MD5).
-        server.client("s3", ADMIN).put_object(
-            Bucket=BUCKET, Key="sealed/w.bin", Body=b"sealed", ServerSideEncryption="aws:kms"
-        )
-        yield server
-    finally:
-        server.stop()
+def seed_sealed(server: MotoServer) -> None:
+    # moto keeps the MD5 as the ETag of an encrypted object; OBS does not (an encrypted object's ETag is no MD5).
+    server.client("s3", ADMIN).put_object(
+        Bucket=BUCKET, Key="sealed/w.bin", Body=b"sealed", ServerSideEncryption="aws:kms"
+    )
+
+
+moto = moto_fixture(BUCKET, PREFIX, TREE, then=seed_sealed)
 
 
 @pytest.fixture
@@ -52,10 +46,8 @@ def auth(moto: MotoServer) -> Iterator[None]:
         moto.enforce_auth(False)
 
 
-def obs_source(moto: MotoServer, source: str = f"obs://{BUCKET}/{PREFIX}", **changes: object) -> Source:
-    options = SourceOptions(access_key=moto.reader[0], secret_key=moto.reader[1], endpoint=moto.url, region="us-east-1")
-    options = dataclasses.replace(options, **changes)  # type: ignore[arg-type]
-    return open_source(source, options, pvc_root=None, max_workers=4)
+def obs_source(moto: MotoServer, source: str = f"obs://{BUCKET}/{PREFIX}", **changes: Any) -> Source:
+    return open_bucket(source, moto.url, moto.reader, REGION, **changes)
 
 
 def test_lists_the_tree_with_sizes_and_md5(moto: MotoServer) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import io
 import os
 import threading
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -19,12 +19,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from outrider.errors import SourceAccessDenied, SourceNotFound, SourceTransientError, VerificationFailed
-from outrider.sources import Source, SourceOptions, open_source
+from outrider.sources import Source
 from outrider.sources.base import PIECE_SIZE
 from outrider.transfer import download, state
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
+from tests.integration.stores import moto_fixture, open_bucket
 from tests.servers.checksum_leak import ChecksumLeakProxy
 from tests.servers.faults import FaultServer
 from tests.servers.moto import ADMIN, REGION, MotoServer, free_port
@@ -34,23 +35,6 @@ BUCKET = "models"
 PREFIX = "llama/7b"
 TREE = model_tree()
 SECRET_MARK = "s3cr3t-never-shown"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
-        files = {f"{PREFIX}/{path}": data for path, data in TREE.items()}
-        # neighbours that must not leak into the listing: a sibling prefix, a folder marker, another tree
-        files.update({f"{PREFIX}-sibling/x.bin": b"x", f"{PREFIX}/folder-marker/": b"", "other/y.bin": b"y"})
-        server.seed(BUCKET, files)
-        seed_checksums(server)
-        LISTER.extend(server.create_user("lister", ["s3:ListBucket"]))
-        server.enforce_auth(True)
-        yield server
-    finally:
-        server.stop()
 
 
 # A bucket whose objects carry S3's additional checksums in the ways uploads leave them.
@@ -85,12 +69,20 @@ def seed_checksums(server: MotoServer) -> None:
     s3.put_object(Bucket=SUMS, Key="bad/w.bin", Body=WRONG, ChecksumAlgorithm="CRC32", ChecksumCRC32=wrong)
 
 
+def seed_and_lock(server: MotoServer) -> None:
+    """The checksum bucket and a user who may only list; then every request must be signed."""
+    seed_checksums(server)
+    LISTER.extend(server.create_user("lister", ["s3:ListBucket"]))
+    server.enforce_auth(True)
+
+
+moto = moto_fixture(BUCKET, PREFIX, TREE, {"other/y.bin": b"y"}, then=seed_and_lock)  # another tree beside the model
+
+
 def s3_source(
-    moto: MotoServer, source: str = f"s3://{BUCKET}/{PREFIX}", *, max_workers: int = 4, **changes: object
+    moto: MotoServer, source: str = f"s3://{BUCKET}/{PREFIX}", *, max_workers: int = 4, **changes: Any
 ) -> Source:
-    options = SourceOptions(access_key=moto.reader[0], secret_key=moto.reader[1], endpoint=moto.url, region="us-east-1")
-    options = dataclasses.replace(options, **changes)  # type: ignore[arg-type]
-    return open_source(source, options, pvc_root=None, max_workers=max_workers)
+    return open_bucket(source, moto.url, moto.reader, REGION, max_workers=max_workers, **changes)
 
 
 def test_lists_the_tree_with_sizes_checksums_and_etag_versions(moto: MotoServer) -> None:

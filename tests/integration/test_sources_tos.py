@@ -3,13 +3,14 @@ which verifies every request's TOS4-HMAC-SHA256 signature."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from outrider.errors import InvalidSource, SourceAccessDenied, SourceNotFound, SourceTransientError
 from outrider.sources import Source, SourceOptions, open_source
+from tests.integration.stores import open_bucket
 from tests.servers.moto import free_port
 from tests.servers.tos import TosServer, crc64ecma
 from tests.servers.tree import BIG, BIG_RANGES, model_tree, read_all
@@ -41,10 +42,8 @@ def healthy(server: TosServer) -> Iterator[None]:
     server.fail_status, server.bucket_exists = None, True
 
 
-def tos_source(server: TosServer, source: str = f"tos://{BUCKET}/{PREFIX}", **changes: object) -> Source:
-    options = SourceOptions(access_key=AK, secret_key=SK, endpoint=server.url, region=REGION)
-    options = dataclasses.replace(options, **changes)  # type: ignore[arg-type]
-    return open_source(source, options, pvc_root=None, max_workers=4)
+def tos_source(server: TosServer, source: str = f"tos://{BUCKET}/{PREFIX}", **changes: Any) -> Source:
+    return open_bucket(source, server.url, (AK, SK), REGION, **changes)
 
 
 def test_lists_the_tree_across_pages_with_crc64(server: TosServer) -> None:
