@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import trio
+from tqdm import tqdm  # type: ignore[import-untyped]  # no py.typed; its values are Any here, like the SDKs
 
 from outrider.errors import InvalidRequest, OutriderError
 from outrider.settings import DownloadSettings, SettingsError, download_settings
@@ -33,7 +35,8 @@ from outrider.transfer.progress import Progress
 # A TTY bar redraws often enough to look live; plain lines (logs) come rarely enough not to flood them.
 BAR_INTERVAL = 0.2
 LINE_INTERVAL = 10.0
-BAR_WIDTH = 30
+# Columns for a terminal that reports no size (a pseudo-terminal nobody sized): tqdm would draw nothing there.
+FALLBACK_COLUMNS = 80
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +162,6 @@ async def _download(command: Command, opener: SourceOpener, out: TextIO) -> int:
         await trio.to_thread.run_sync(source.close)
     if error is not None:
         return _fail(error, out)
-    _draw(progress, out, final=True)
     fetched = len([f for f in progress.files.values() if f.state == "published"])
     print(
         f"outrider: {len(progress.files)} files verified in {command.dest} "
@@ -175,26 +177,64 @@ def _fail(exc: OutriderError, out: TextIO) -> int:
 
 
 async def _report(progress: Progress, out: TextIO) -> None:
-    tty = out.isatty()
-    while True:
-        await trio.sleep(BAR_INTERVAL if tty else LINE_INTERVAL)
-        _draw(progress, out, final=False)
+    """Show progress until cancelled: a bar on a terminal, else a plain line now and then (a log keeps them)."""
+    if not out.isatty():
+        while True:
+            await trio.sleep(LINE_INTERVAL)
+            print(f"outrider: downloaded {_status(progress)}", file=out, flush=True)
+    bar = _bar(progress, out)
+    try:
+        while True:
+            await trio.sleep(BAR_INTERVAL)
+            _advance(bar, progress)
+    finally:
+        _advance(bar, progress)  # the final state (or where it failed) stays on screen, its line ended
+        bar.close()
 
 
-def _draw(progress: Progress, out: TextIO, *, final: bool) -> None:
+def _bar(progress: Progress, out: TextIO) -> Any:
+    """A tqdm bar over every planned byte: it fits the terminal's width, and says sizes and rates in binary units.
+
+    smoothing=0: the rate is the mean over the run, as `Progress.rate` gives it, not a moving average of the last
+    few redraws."""
+    columns = _columns(out)
+    return tqdm(
+        total=progress.total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=out,
+        dynamic_ncols=columns is None,
+        ncols=columns,
+        smoothing=0,
+    )
+
+
+def _columns(out: TextIO) -> int | None:
+    """None when the terminal reports its width (tqdm then follows it as it changes), else FALLBACK_COLUMNS."""
+    try:
+        return None if os.get_terminal_size(out.fileno()).columns > 0 else FALLBACK_COLUMNS
+    except (OSError, ValueError):  # no file descriptor behind `out`, or not a terminal's
+        return FALLBACK_COLUMNS
+
+
+def _advance(bar: Any, progress: Progress) -> None:
+    done = progress.done
+    # Resumed and unchanged bytes are progress but no transfer: counted as `initial`, which tqdm leaves out of its
+    # rate ((n - initial) / elapsed), they do not inflate the rate or shrink the ETA.
+    bar.initial = done - progress.fetched
+    bar.n = done
+    bar.refresh()
+
+
+def _status(progress: Progress) -> str:
     total, done = progress.total, progress.done
     fraction = done / total if total else 1.0
     eta = progress.eta()
-    text = (
+    return (
         f"{fraction * 100:5.1f}% {_size(done)}/{_size(total)} {_size(progress.rate())}/s "
         f"ETA {'--:--' if eta is None else _clock(eta)}"
     )
-    if out.isatty():
-        filled = int(BAR_WIDTH * fraction)
-        out.write(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {text}" + ("\n" if final else ""))
-    elif not final:
-        out.write(f"outrider: downloaded {text}\n")
-    out.flush()
 
 
 def _size(n: float) -> str:
