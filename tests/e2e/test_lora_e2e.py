@@ -61,8 +61,8 @@ def test_adapters_survive_an_engine_restart(
     built = build_adapter(vllm_python, tiny_model, tmp_path / "build" / "lora-two", seed=2)
     listing = tmp_path / "adapters.yaml"
     listing.write_text("- name: lora-one\n  source: pvc://lora-one\n")
-    args = ("-E", "vllm", "-B", vllm.base_url, "--adapter-root", str(volume), "--pvc-root", str(volume))
-    args = (*args, "--adapters-file", str(listing))
+    args: tuple[str, ...] = ("-E", "vllm", "-B", vllm.base_url, "--adapter-root", str(volume))
+    args = (*args, "--pvc-root", str(volume), "--adapters-file", str(listing))
     s3.seed("adapters", {f"lora-two/{f.name}": f.read_bytes() for f in built.iterdir() if f.is_file()})
     s3.enforce_auth(True)
     # The pod's own store credentials, in the AIBrix runtime's env spelling.
