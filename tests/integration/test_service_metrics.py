@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import httpx
 import pytest
@@ -25,12 +26,6 @@ def value(page: str, sample: str, **labels: str) -> float | None:
 
 async def is_ready(client: httpx.AsyncClient) -> bool:
     return (await client.get("/ready")).status_code == 200
-
-
-async def timed_get(client: httpx.AsyncClient, path: str) -> tuple[float, httpx.Response]:
-    start = trio.current_time()
-    response = await client.get(path)
-    return trio.current_time() - start, response
 
 
 async def test_serves_engine_page_with_unified_names(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
@@ -62,7 +57,7 @@ async def test_metrics_never_waits_on_the_engine(nursery: trio.Nursery, vllm_eng
     o.shutdown.set()
 
 
-async def test_slow_engine_goes_stale_without_slowing_health(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
+async def test_slow_engine_goes_stale(nursery: trio.Nursery, vllm_engine: FakeEngine) -> None:
     o = await start_outrider(nursery, fast_settings(vllm_engine))
     await wait_until(lambda: is_ready(o.client), what="/ready 200")
     vllm_engine.delay = 1.0  # longer than the 0.3 s scrape timeout
@@ -70,17 +65,7 @@ async def test_slow_engine_goes_stale_without_slowing_health(nursery: trio.Nurse
     async def stale() -> bool:
         return (await o.client.get("/ready")).status_code == 503
 
-    worst = 0.0
-    with trio.move_on_after(5):
-        while not await stale():
-            for path in ("/health", "/healthz", "/metrics"):
-                elapsed, response = await timed_get(o.client, path)
-                assert response.status_code == 200
-                worst = max(worst, elapsed)
-    assert await stale()
-    # A request that waited on the engine would take at least the 0.3 s scrape timeout (the engine takes 1 s);
-    # the bound sits below that, with room for a loaded CI machine. Latency itself is measured in bench/.
-    assert worst < 0.25, f"a request took {worst:.3f}s while the engine was slow"
+    await wait_until(stale, what="/ready 503 once the page is older than its 0.5 s limit")
     ready = (await o.client.get("/ready")).json()
     assert ready["status"] == "not ready" and "stale" in ready["reason"]
     body = (await o.client.get("/metrics")).text
@@ -89,6 +74,35 @@ async def test_slow_engine_goes_stale_without_slowing_health(nursery: trio.Nurse
     timeouts = value(body, "outrider_scrape_failures_total", reason="timeout")
     assert timeouts is not None and timeouts >= 1
     assert (await o.client.get("/health")).json() == {"status": "healthy", "service": "runtime"}
+    o.shutdown.set()
+
+
+async def test_probes_and_metrics_answer_while_the_engine_holds_a_scrape(
+    nursery: trio.Nursery, vllm_engine: FakeEngine
+) -> None:
+    """No request waits on the engine: with a scrape held open by the engine (and a scrape timeout longer than the
+    client's), every probe and /metrics still answers, and the page goes stale while the scrape hangs. A request
+    that waited on the scrape would hang past the client's 5 s timeout and fail; no elapsed time is measured."""
+    o = await start_outrider(nursery, fast_settings(vllm_engine, scrape_timeout=3600.0))
+    await wait_until(lambda: is_ready(o.client), what="/ready 200")
+    before = vllm_engine.metrics_requests
+    vllm_engine.delay = math.inf  # the engine takes every /metrics request and never answers
+
+    async def scrape_held() -> bool:
+        return vllm_engine.metrics_requests > before
+
+    await wait_until(scrape_held, what="a scrape held by the engine")
+    held = vllm_engine.metrics_requests
+
+    async def stale() -> bool:
+        return (await o.client.get("/ready")).status_code == 503
+
+    await wait_until(stale, what="/ready 503 while the scrape hangs")
+    for path in ("/health", "/healthz", "/metrics"):
+        response = await o.client.get(path)
+        assert response.status_code == 200, path
+    assert "stale" in (await o.client.get("/ready")).json()["reason"]
+    assert vllm_engine.metrics_requests == held  # still that one scrape: every answer above came while it hung
     o.shutdown.set()
 
 
@@ -114,8 +128,7 @@ async def test_dead_engine_then_recovery(nursery: trio.Nursery, vllm_engine: Fak
     assert value(body, "outrider_engine_up") == 0.0
     connects = value(body, "outrider_scrape_failures_total", reason="connect")
     assert connects is not None and connects >= 1
-    elapsed, health = await timed_get(o.client, "/health")
-    assert health.status_code == 200 and elapsed < 0.25
+    assert (await o.client.get("/health")).status_code == 200  # never waits on the engine: see the test above
 
     await vllm_engine.start(nursery)  # same port
     await wait_until(lambda: is_ready(o.client), what="/ready 200 after the engine came back")
