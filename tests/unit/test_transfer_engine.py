@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -348,8 +348,6 @@ async def test_after_an_abandoned_read_the_checksum_is_computed_by_reading_back(
 async def test_verify_size_skips_content_checksums(tmp_path: Path) -> None:
     # --verify size: a listed checksum that does not match is not checked (the operator chose to save the
     # hashing); the same download fails under the default (test_checksum_mismatch_fails_and_publishes_nothing).
-    import dataclasses
-
     files = {"a.safetensors": os.urandom(3 * CHUNK), "b.json": b"{}"}
     source = MemorySource(files, piece_size=PIECE)
     source.listed_checksums["a.safetensors"] = Checksum("md5", "ab" * 16)
@@ -388,28 +386,67 @@ async def test_each_finished_chunk_has_its_writeback_started(tmp_path: Path, mon
     assert_tree(tmp_path / "m", {"big.bin": data})
 
 
+class _WatchedLock:
+    """A file's write lock that tells a waiting test when a thread stands at it (about to block, or to take it)."""
+
+    def __init__(self, seen: threading.Condition) -> None:
+        self._lock = threading.Lock()
+        self._seen = seen
+        self.arriving = 0
+
+    def __enter__(self) -> bool:
+        with self._seen:
+            self.arriving += 1
+            self._seen.notify_all()
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 async def test_one_file_is_written_by_one_thread_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    active: collections.Counter[int] = collections.Counter()
+    """The first write of the file is held until a second thread shows up: either at the file's write lock (the
+    lock works: it waits there) or inside the write itself (it does not). Ordered by the threads, never timed."""
+    seen = threading.Condition()
+    active = 0
     most = 0
-    lock = threading.Lock()
+    locks: list[_WatchedLock] = []
+
+    def new_lock() -> _WatchedLock:
+        lock = _WatchedLock(seen)
+        locks.append(lock)
+        return lock
+
+    @dataclasses.dataclass
+    class WatchedTask(engine._FileTask):
+        write_lock: _WatchedLock = dataclasses.field(default_factory=new_lock)  # type: ignore[assignment]
+
     real = engine._pwrite_all
+    held_once = False
 
     def tracked(fd: int, data: bytes, offset: int) -> None:
-        nonlocal most
-        inode = os.fstat(fd).st_ino
-        with lock:
-            active[inode] += 1
-            most = max(most, active[inode])
+        nonlocal active, most, held_once
+        with seen:
+            active += 1
+            most = max(most, active)
+            seen.notify_all()
+            if not held_once:
+                held_once = True
+                # This thread holds the file's lock (if there is one); 15 more chunks are queued for 8 workers,
+                # so another thread comes. The timeout only turns a hang into a failure: it never decides a pass.
+                arrived = seen.wait_for(lambda: active > 1 or locks[0].arriving > 1, timeout=60)
+                assert arrived, "no second writer of the file arrived"
         try:
-            time.sleep(0.002)  # widens the window in which a second writer of the same file would be seen
             real(fd, data, offset)
         finally:
-            with lock:
-                active[inode] -= 1
+            with seen:
+                active -= 1
 
+    monkeypatch.setattr(engine, "_FileTask", WatchedTask)
     monkeypatch.setattr(engine, "_pwrite_all", tracked)
     data = os.urandom(16 * CHUNK)
     source = MemorySource({"big.bin": data}, piece_size=PIECE)
     await fetch(source, tmp_path / "m", TransferOptions(workers=8, chunk_size=CHUNK))
+    assert len(locks) == 1 and locks[0].arriving > 1  # the probe above met a second writer at the lock
     assert most == 1
     assert_tree(tmp_path / "m", {"big.bin": data})
