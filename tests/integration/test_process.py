@@ -1,4 +1,4 @@
-"""outrider as a real process: one-line start-up errors, and a graceful stop on SIGTERM/SIGINT within 2 s."""
+"""outrider as a real process: one-line start-up errors, and a stop on SIGTERM/SIGINT nothing in flight holds up."""
 
 from __future__ import annotations
 
@@ -50,32 +50,37 @@ def test_bad_start_up_is_one_clear_line(argv: list[str], env: dict[str, str], ne
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_within_two_seconds(signum: signal.Signals) -> None:
+def test_signal_stops_without_waiting_on_connections_or_scrapes(signum: signal.Signals) -> None:
+    """Nothing in flight holds a stop up: the grace period and the scrape timeout are an hour, so a stop that
+    waited on the held keep-alive connection or on the hanging scrape would outlast the 30 s `wait` below and fail.
+    No elapsed time is asserted: how fast a stop is belongs in bench/."""
     port = free_port()
-    # The engine is absent on purpose: shutdown must not wait on a scrape in flight either.
-    proc = outrider("serve", "-E", "vllm", "-H", "127.0.0.1", "-P", str(port), "-B", f"http://127.0.0.1:{free_port()}")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "outrider did not start"
-            time.sleep(0.05)
-        # A keep-alive connection held open must not hold the shutdown up.
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as held:
-            assert held.get("/metrics").status_code == 200
-            sent = time.monotonic()
-            proc.send_signal(signum)
-            code = proc.wait(timeout=10)
-            took = time.monotonic() - sent
-        assert code == 0
-        assert took < 2.0, f"shutdown took {took:.2f}s"
-        assert b"outrider stopped" in (proc.stderr.read() if proc.stderr else b"")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with socket.socket() as silent:
+        # An engine that accepts connections (the kernel does, from the backlog) and never answers: the scrape hangs.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        engine = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        hour = ["--scrape-timeout", "3600", "--shutdown-grace", "3600"]
+        proc = outrider("serve", "-E", "vllm", "-H", "127.0.0.1", "-P", str(port), "-B", engine, *hour)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "outrider did not start"
+                time.sleep(0.05)
+            # A keep-alive connection held open must not hold the stop up.
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as held:
+                assert held.get("/metrics").status_code == 200
+                proc.send_signal(signum)
+                code = proc.wait(timeout=30)
+            assert code == 0
+            assert b"outrider stopped" in (proc.stderr.read() if proc.stderr else b"")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
