@@ -13,8 +13,10 @@ Resources and errors:
   up to `max_attempts` failures in a row without progress. Any other `SourceError` fails the download at once.
 - A read that delivers nothing for `stall_timeout` seconds is abandoned (its thread told to stop) and retried:
   stores are expected to time out their own reads, this is the backstop.
-- Cancellation (trio) abandons the reading threads at once and sets their stop flags; no file is ever renamed to
-  its final name before its size and (when the store offers one) checksum are verified.
+- Cancellation (trio) abandons the reading and hashing threads at once and sets their stop flags (they stop within
+  a piece); no file is ever renamed to its final name before its size and (when the store offers one) checksum are
+  verified. The rename itself is not abandoned: it is short, and waiting for it means a file is either renamed and
+  recorded, or left as a part file for a retry.
 - Each finished chunk's writeback to disk is started at once (writeback.py), so the fsync before publish is short.
 - Finished chunks are recorded in the manifest every `manifest_interval` seconds. The part file's data is flushed
   to disk (fdatasync) only every `durable_interval` seconds and when the run ends: within one boot of the machine
@@ -27,6 +29,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import random
@@ -414,20 +417,34 @@ class _Run:
             while last + 1 < len(task.chunks) and last + 1 in task.manifest.done:
                 last += 1
             start, end = task.chunks[index][0], task.chunks[last][1]
-            try:
-                await trio.to_thread.run_sync(self._hash_range, task, digest, start, end, limiter=self.t.verify_limiter)
-            except Stopped:
-                await trio.lowlevel.checkpoint()
-                raise
+            await self._hashing(functools.partial(self._hash_range, task, digest, start, end))
             index = last + 1
         task.followed = digest
         task.hashed.set()
 
-    def _hash_range(self, task: _FileTask, digest: checksums.Digest, start: int, end: int) -> None:
+    async def _hashing(self, fn: Callable[[threading.Event], None]) -> None:
+        """Run `fn(halt)` in a verification thread that a cancel abandons at once. A hash pass can take
+        seconds per GiB, and not only the job's stop flag may end it: a shutdown or a caller's cancel scope must not
+        wait for it. `halt` tells the abandoned thread to stop at its next piece."""
+        halt = threading.Event()
+        try:
+            await trio.to_thread.run_sync(fn, halt, abandon_on_cancel=True, limiter=self.t.verify_limiter)
+        except Stopped:
+            await trio.lowlevel.checkpoint()  # a pending cancel wins over our own word for it
+            raise
+        finally:
+            halt.set()  # whatever happened, that thread must not go on hashing
+
+    def _halted(self, halt: threading.Event) -> bool:
+        return halt.is_set() or self.stop.is_set()
+
+    def _hash_range(
+        self, task: _FileTask, digest: checksums.Digest, start: int, end: int, halt: threading.Event
+    ) -> None:
         fd = os.open(state.part_path(task.final), os.O_RDONLY)
         try:
             while start < end:
-                if self.stop.is_set():
+                if self._halted(halt):
                     raise Stopped("download stopped")
                 piece = os.pread(fd, min(PIECE_SIZE * 4, end - start), start)
                 if not piece:
@@ -442,46 +459,53 @@ class _Run:
             await task.hashed.wait()
         task.progress.state = "verifying"
         try:
-            await trio.to_thread.run_sync(self._verify_and_publish, task, limiter=self.t.verify_limiter)
-        except Stopped:
-            await trio.lowlevel.checkpoint()
+            await self._hashing(functools.partial(self._verify, task))
+        except VerificationFailed:
+            # Removed from here, not by the thread: an abandoned thread must never touch the names a retry reuses.
+            await trio.to_thread.run_sync(state.remove_partial, task.final)
             raise
-        task.progress.state = "published"
-        async with self.flush_lock:
-            await trio.to_thread.run_sync(_unlink_quietly, state.manifest_path(task.final))
-        await self.on_published(task.remote)
+        # Not abandoned on cancel: a rename is atomic and short, and waiting for it tells us whether it happened.
+        # Once it has, the file is recorded even under a cancel (shielded), so that a retry need not fetch it again.
+        await trio.to_thread.run_sync(self._publish, task)
+        with trio.CancelScope(shield=True):
+            task.progress.state = "published"
+            async with self.flush_lock:
+                await trio.to_thread.run_sync(_unlink_quietly, state.manifest_path(task.final))
+            await self.on_published(task.remote)
 
-    def _verify_and_publish(self, task: _FileTask) -> None:
-        """Thread: check size and checksum of the part file, then fsync and rename it over the final name."""
-        part = state.part_path(task.final)
+    def _verify(self, task: _FileTask, halt: threading.Event) -> None:
+        """Thread: check size and checksum of the part file and flush it to disk; raises VerificationFailed."""
         remote = task.remote
-        fd = os.open(part, os.O_RDONLY)
+        fd = os.open(state.part_path(task.final), os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
             if size != remote.size:
-                state.remove_partial(task.final)
                 raise VerificationFailed(f"{remote.path}: {size} bytes on disk, the store listed {remote.size}")
             if remote.checksum is not None and self.opts.verify_checksums:
-                digest = task.digest or task.followed or self._digest_file(fd, remote)
+                digest = task.digest or task.followed or self._digest_file(fd, remote, halt)
                 if digest is not None and not checksums.matches(remote.checksum, digest.value()):
-                    state.remove_partial(task.final)
                     raise VerificationFailed(
                         f"{remote.path}: {remote.checksum.algorithm} mismatch: the store says "
                         f"{remote.checksum.value}, the bytes received give {digest.value()}"
                     )
+            if self._halted(halt):
+                raise Stopped("download stopped")
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(part, task.final)
+
+    def _publish(self, task: _FileTask) -> None:
+        """Thread: rename the verified part file over the final name (atomic), then make the rename durable."""
+        os.replace(state.part_path(task.final), task.final)
         state.fsync_dir(task.final.parent)
 
-    def _digest_file(self, fd: int, remote: RemoteFile) -> checksums.Digest | None:
+    def _digest_file(self, fd: int, remote: RemoteFile, halt: threading.Event) -> checksums.Digest | None:
         digest = checksums.new_digest(remote.checksum)
         if digest is None:
             return None
         offset = 0
         while offset < remote.size:
-            if self.stop.is_set():
+            if self._halted(halt):
                 raise Stopped("download stopped")
             piece = os.pread(fd, PIECE_SIZE * 4, offset)
             if not piece:
