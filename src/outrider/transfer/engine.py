@@ -205,9 +205,14 @@ class _Run:
 
     async def go(self, files: list[RemoteFile], workers: int) -> None:
         try:
+            # Not abandoned on cancel: it creates part files, which a cancelled job's cleanup must find all of. It
+            # checks the stop flag between files.
             self.tasks = await trio.to_thread.run_sync(self._prepare_all, files)
         except OSError as exc:
             raise local_error(exc, self.dest) from None
+        except Stopped:
+            await trio.lowlevel.checkpoint()  # a pending cancel wins: the job ends cancelled, not failed
+            raise
         for task in self.tasks:
             self.queue.extend((task, i) for i in task.missing)
         try:

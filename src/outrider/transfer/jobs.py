@@ -5,6 +5,10 @@ failures (recorded on the job, never raised into the nursery). `submit` does the
 (open the source, list it, compare with the destination, check free space) so that a bad request is answered
 with its own 4xx before any job exists. Two requests for the same destination share one job when they ask for the
 same source and filters; a different one while the first is active is a 409 (overlapping destinations count).
+
+Who keeps a job alive: a job asked for through `submit` (the HTTP routes) is a public resource, listed and polled by
+id, so it runs to its end whoever waits for it. A job asked for only through `fetch` (LoRA adapters) exists for its
+waiters: when the last of them is cancelled, the job is cancelled too, rather than download on for nobody.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ class DownloadRequest:
     suffixes: tuple[str, ...] | None = None  # None: the operator's allow-list (--allow-file-suffix)
 
 
+# The jobs one `fetch` call waits for (`list` inside JobManager names its method, not the type).
+Waiting = list["Job"]
+
+
 def _iso(ts: float | None) -> str | None:
     return (
         None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
@@ -76,6 +84,11 @@ class Job:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     cancel_scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    # `fetch` calls waiting for the job now, and whether a `submit` (which does not wait) asked for it too.
+    waiters: int = 0
+    submitted: bool = False
+    # Cancelled because its last waiter went away: a `fetch` that joined it meanwhile starts a new one.
+    abandoned: bool = False
 
     @property
     def active(self) -> bool:
@@ -165,7 +178,14 @@ class JobManager:
     # -- commands --------------------------------------------------------------------------------------------
 
     async def submit(self, request: DownloadRequest) -> Job:
-        """Validate, plan and start a download (or join the identical one in progress); returns its job."""
+        """Validate, plan and start a download (or join the identical one in progress); returns its job, which
+        runs to its end whatever happens to this call."""
+        return await self._submit(request, None)
+
+    async def _submit(self, request: DownloadRequest, waiting: Waiting | None) -> Job:
+        """`submit`; with `waiting`, the caller is counted as a waiter of the job (and the job appended to
+        `waiting`) at the moment it is joined or created, with no await in between, so that a cancel at any later
+        point finds the waiter to remove."""
         if self._nursery is None:
             raise OutriderError("the download service is not running")
         suffixes = self.settings.allow_suffixes if request.suffixes is None else request.suffixes
@@ -174,6 +194,7 @@ class JobManager:
         try:
             joined = self._join_or_refuse(request.dest, source.display, filters)
             if joined is not None:
+                self._hold(joined, waiting)
                 await trio.to_thread.run_sync(source.close, limiter=self._control)
                 return joined
             chunk_size = request.chunk_size or self.transfer.options.chunk_size
@@ -187,6 +208,7 @@ class JobManager:
         # No await between this check and the insertion: two requests cannot both pass it.
         joined = self._join_or_refuse(request.dest, source.display, filters)
         if joined is not None:
+            self._hold(joined, waiting)
             await trio.to_thread.run_sync(source.close, limiter=self._control)
             return joined
         progress = Progress(self.metrics.bytes.inc if self.metrics else None)
@@ -199,6 +221,7 @@ class JobManager:
             progress=download.progress_for(prepared, progress),
         )
         self._jobs[job.id] = job
+        self._hold(job, waiting)
         self._forget_old()
         if prepared.record.complete:  # asked again for what is already here and current: nothing to do
             job.state = "completed"
@@ -218,15 +241,24 @@ class JobManager:
         confined by the caller). A `max_workers` key in `config` (Kthena's field) sets the job's workers."""
         options = dict(config or {})
         workers = options.pop("max_workers", None)
-        job = await self.submit(
-            DownloadRequest(
-                source=source,
-                dest=dest,
-                config=options or None,
-                workers=workers if isinstance(workers, int) and not isinstance(workers, bool) else None,
-            )
+        request = DownloadRequest(
+            source=source,
+            dest=dest,
+            config=options or None,
+            workers=workers if isinstance(workers, int) and not isinstance(workers, bool) else None,
         )
-        await job.done.wait()
+        while True:
+            waiting: Waiting = []
+            try:
+                job = await self._submit(request, waiting)
+                await job.done.wait()
+            finally:
+                for held in waiting:
+                    self._release(held)
+            if not (job.state == "cancelled" and job.abandoned):
+                break
+            # Joined a job whose waiters had all gone and which was winding down (its parts are removed by now):
+            # this caller still wants the files, so it asks again.
         if job.state != "completed":
             raise job.error or OutriderError(f"download of {job.source} ended {job.state}")
         return dest
@@ -244,13 +276,32 @@ class JobManager:
             )
         return None
 
+    def _hold(self, job: Job, waiting: Waiting | None) -> None:
+        if waiting is None:
+            job.submitted = True
+        else:
+            job.waiters += 1
+            waiting.append(job)
+
+    def _release(self, job: Job) -> None:
+        """A `fetch` stops waiting for `job` (it returned, or it was cancelled): the last one out cancels a job
+        nobody else asked for, which would otherwise download on, and hold its slots, for no one."""
+        job.waiters -= 1
+        if job.waiters == 0 and not job.submitted and job.active:
+            log.info("download %s of %s: every caller has gone; cancelling it", job.id, job.source)
+            job.abandoned = True
+            self._stop(job)
+
     def cancel(self, job_id: str) -> Job:
         """Stop a job promptly; its part files are removed. A finished job is returned unchanged."""
         job = self.get(job_id)
+        self._stop(job)
+        return job
+
+    def _stop(self, job: Job) -> None:
         if job.active:
             job.stop.set()
             job.cancel_scope.cancel()
-        return job
 
     # -- the job itself --------------------------------------------------------------------------------------
 
