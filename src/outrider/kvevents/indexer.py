@@ -9,13 +9,16 @@ Three tasks share the index, all on the event loop (so the index needs no lock):
 Failures: a Redis write that fails is counted, the index is asked for a full resync (its pending changes dropped,
 so memory stays bounded), and the flusher retries with backoff; the first success after failures rewrites the whole
 advertisement, which also repairs a Redis that came back empty. Nothing here raises out of `run` but Cancelled.
-At shutdown every field this pod owns is removed (shielded, bounded by `CLEANUP_TIMEOUT`).
+At shutdown every field this pod owns is removed (shielded, bounded by `CLEANUP_TIMEOUT`). The thread doing that
+closes the Redis client itself when it ends, so a shutdown that stops waiting for it never closes the client under
+a call still running.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -77,14 +80,26 @@ class KvIndexer:
                 self._dirty.set()
                 task_status.started()
         finally:
+            closer = _Closer(self.writer.close)
             with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
                 scope.shield = True
                 try:
-                    await trio.to_thread.run_sync(self.writer.remove_all, abandon_on_cancel=True)
+                    await trio.to_thread.run_sync(self._remove_all_then_close, closer, abandon_on_cancel=True)
                     self.metrics.resyncs.labels("shutdown").inc()
                 except Exception as exc:
                     log.warning("KV events: could not remove this pod's fields at shutdown: %s", _short(exc))
-            self.writer.close()
+            # The thread closes the client if it started (now, or when its calls end if it was abandoned); if the
+            # timeout came before it started, it never will, and the client is closed here.
+            closer.claim_and_close("loop")
+
+    def _remove_all_then_close(self, closer: _Closer) -> None:
+        """Thread: remove this pod's fields, then close the client (the thread owns it to its end)."""
+        if not closer.claim("thread"):
+            return  # the loop gave up before this thread started, and closed the client
+        try:
+            self.writer.remove_all()
+        finally:
+            closer.close()
 
     # -- consuming --
 
@@ -205,6 +220,28 @@ class KvIndexer:
                     log.debug("KV events: replay discovery: %s", _short(exc))
                 await trio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+class _Closer:
+    """Who closes the Redis client at shutdown: the first to claim it, the cleanup thread or the event loop."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+        self._lock = threading.Lock()
+        self._owner: str | None = None
+
+    def claim(self, who: str) -> bool:
+        with self._lock:
+            if self._owner is None:
+                self._owner = who
+            return self._owner == who
+
+    def close(self) -> None:
+        self._close()
+
+    def claim_and_close(self, who: str) -> None:
+        if self.claim(who):
+            self.close()
 
 
 def replay_endpoint_from_sources(sources: object) -> str | None:
