@@ -1,4 +1,4 @@
-"""The KV indexer's shutdown cleanup and its Redis client.
+"""The KV indexer's shutdown cleanup and its Redis client, and how it reports a failed write.
 
 No test here waits on the wall clock: the cleanup thread is held on an event, and the cleanup's timeout runs on
 trio's MockClock, moved by hand (autojump would also jump while a thread works, and so race it).
@@ -6,8 +6,10 @@ trio's MockClock, moved by hand (autojump would also jump while a thread works, 
 
 from __future__ import annotations
 
+import logging
 import threading
 
+import pytest
 import trio
 import trio.testing
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -33,7 +35,7 @@ class IdleSubscriber(Subscriber):
 
 
 class FakeWriter(RedisWriter):
-    """Records how its client is used. `remove_all` blocks until `release` is set."""
+    """Records how its client is used. `remove_all` blocks until `release` is set; writes fail while `failing`."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -43,6 +45,7 @@ class FakeWriter(RedisWriter):
         self.removing = False
         self.removes = 0
         self.closed_while_removing = False
+        self.failing = False
 
     def close(self) -> None:
         self.closes += 1
@@ -51,7 +54,8 @@ class FakeWriter(RedisWriter):
         self.closed.set()
 
     def resync(self, model: str, wanted: object) -> None:
-        pass
+        if self.failing:
+            raise ConnectionError("Redis is down")
 
     def remove_all(self) -> None:
         self.removes += 1
@@ -128,3 +132,30 @@ async def test_a_cleanup_that_never_got_a_thread_is_closed_by_the_loop(mock_cloc
         for holder in holders:
             limiter.release_on_behalf_of(holder)
     assert writer.removes == 0 and writer.closes == 1
+
+
+async def test_a_failed_redis_write_is_logged_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    writer = FakeWriter()
+    indexer = make_indexer(writer)
+    assert sample(indexer.metrics.redis_up, "outrider_kv_redis_up") == 0
+
+    async def write(failing: bool) -> bool:
+        writer.failing = failing
+        indexer.index.full_resync = True  # something to write each time
+        return await indexer.flush("tiny")
+
+    def warnings() -> int:
+        return sum(1 for r in caplog.records if r.levelno == logging.WARNING and "Redis write failed" in r.message)
+
+    with caplog.at_level(logging.WARNING, logger="outrider.kvevents.indexer"):
+        assert not await write(failing=True)  # Redis never seen up: not a transition (as before)
+        assert warnings() == 0
+        assert await write(failing=False)
+        assert sample(indexer.metrics.redis_up, "outrider_kv_redis_up") == 1
+        assert not await write(failing=True)
+        assert not await write(failing=True)
+        assert warnings() == 1  # the outage, not each retry
+        assert sample(indexer.metrics.redis_up, "outrider_kv_redis_up") == 0
+        assert await write(failing=False)
+        assert not await write(failing=True)
+        assert warnings() == 2

@@ -67,6 +67,8 @@ class KvIndexer:
         self._reason: str | None = "restart"  # a fresh start rewrites: a previous life may have left fields behind
         self.index.full_resync = True
         self.writes = 0  # successful writes, for tests and the bench
+        # What the redis_up gauge says (it starts at 0), kept here to log a transition without reading the gauge.
+        self._redis_up = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[list[Item]](CHANNEL_LISTS)
@@ -177,8 +179,9 @@ class KvIndexer:
                 await trio.to_thread.run_sync(self.writer.apply, model, changes)
         except Exception as exc:  # redis errors, OSError, anything: the loop owns it
             m.redis_failures.inc()
-            if m.redis_up._value.get() != 0:  # log the transition, not every retry
+            if self._redis_up:  # log the transition, not every retry
                 log.warning("KV events: Redis write failed (%s); will resync when it is back", _short(exc))
+            self._redis_up = False
             m.redis_up.set(0)
             self.index.full_resync = True
             self.index.pending.clear()
@@ -187,6 +190,7 @@ class KvIndexer:
             return False
         finished = time.monotonic()
         m.redis_write.observe(finished - started)
+        self._redis_up = True
         m.redis_up.set(1)
         if full:
             m.resyncs.labels(self._reason or "overflow").inc()
