@@ -26,6 +26,7 @@ from outrider.engines import get_engine_spec
 from outrider.engines.client import EngineClient, auth_headers, served_base_model
 from outrider.http.app import create_asgi
 from outrider.metrics.concepts import profile_targets
+from outrider.metrics.gie import AdapterLoraInfo, ProtocolRewrite
 from outrider.metrics.own import OwnMetrics
 from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
@@ -43,7 +44,12 @@ def build_runtime(settings: Settings, source_opener: SourceOpener | None = None)
     a local one). LoRA adapters that are not already on the shared volume are fetched by the same download jobs."""
     spec = get_engine_spec(settings.engine)
     metrics = OwnMetrics(settings.engine)
-    rewriter = Rewriter(spec.metric_sources, profile_targets(settings.metrics_profiles, settings.metrics_prefix))
+    gie = "gie" in settings.metrics_profiles
+    rewriter = Rewriter(
+        spec.metric_sources,
+        profile_targets(settings.metrics_profiles, settings.metrics_prefix),
+        protocol=ProtocolRewrite.for_engine(spec) if gie else None,
+    )
     scraper = Scraper(
         url=settings.engine_metrics_url,
         interval=settings.scrape_interval,
@@ -63,6 +69,9 @@ def build_runtime(settings: Settings, source_opener: SourceOpener | None = None)
         interval=settings.adapter_sync_interval,
         metrics=metrics,
     )
+    lora_info = None
+    if gie and spec.lora_info is None:  # the engine says nothing of its adapters: tell what outrider loaded in it
+        lora_info = AdapterLoraInfo(lambda: [a.name for a in reconciler.adapters() if a.loaded_path is not None])
     watcher = None
     if settings.adapters_file:
         watcher = AdaptersFileWatcher(Path(settings.adapters_file), reconciler, settings.adapter_sync_interval)
@@ -70,7 +79,7 @@ def build_runtime(settings: Settings, source_opener: SourceOpener | None = None)
         settings=settings,
         metrics=metrics,
         scraper=scraper,
-        page=ServedPage(scraper, metrics),
+        page=ServedPage(scraper, metrics, lora=lora_info),
         model=settings.model,
         downloads=downloads,
         adapters=reconciler,
@@ -188,7 +197,7 @@ async def _on_signals(shutdown: trio.Event) -> None:
 def configure_logging(settings: Settings) -> None:
     """One event per line on stderr (see outrider.logs), with the settings' credentials registered for redaction."""
     logs.configure(settings.log_level, settings.log_format, sys.stderr)
-    logs.REDACTOR.register(logs.settings_secrets(settings), pinned=True)
+    logs.REDACTOR.register(logs.secrets_in(settings), pinned=True)
 
 
 def run(settings: Settings, source_opener: SourceOpener | None = None) -> int:

@@ -39,7 +39,31 @@ class LoraApi(abc.ABC):
 
 
 @dataclasses.dataclass(frozen=True)
+class CacheShapeInfo:
+    """An info-style gauge (value 1) whose labels give the KV cache's block size, in tokens, and block count."""
+
+    family: str
+    block_size_label: str
+    num_blocks_label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheShapeGauges:
+    """Two plain gauges whose values are the KV cache's block size, in tokens, and block count."""
+
+    block_size: str
+    num_blocks: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineSpec:
     name: str
     metric_sources: Mapping[str, tuple[str, ...]]
     lora: LoraApi
+    # What the routing protocol (GIE / llm-d, the `gie` metrics profile) needs beyond `metric_sources`:
+    # where the page tells the KV cache's shape (newest spelling first), the engine's own LoRA state family
+    # (vLLM's `vllm:lora_requests_info`; None: the engine has none, so outrider builds it from its adapter state),
+    # and a gauge of how many adapters fit in one batch (the protocol's `max_lora`), when the engine has one.
+    cache_shape: tuple[CacheShapeInfo | CacheShapeGauges, ...] = ()
+    lora_info: str | None = None
+    lora_slots: str | None = None

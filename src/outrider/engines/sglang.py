@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from outrider.engines.base import EngineSpec, LoraApi
+from outrider.engines.base import CacheShapeGauges, CacheShapeInfo, EngineSpec, LoraApi
 from outrider.engines.client import EngineClient
 from outrider.errors import EngineRefused
 
@@ -81,4 +81,12 @@ SGLANG = EngineSpec(
         "token_usage": ("sglang:token_usage",),
     },
     lora=SglangLora(),
+    # Plain gauges from 0.5.12; before, one info-style gauge with the two numbers as labels.
+    cache_shape=(
+        CacheShapeGauges("sglang:page_size", "sglang:num_pages"),
+        CacheShapeInfo("sglang:cache_config_info", "page_size", "num_pages"),
+    ),
+    # SGLang has no per-adapter metric at all; its pool gauge (0.5.23, with --enable-lora) is
+    # --max-loras-per-batch, which is what the protocol's max_lora means.
+    lora_slots="sglang:lora_pool_slots_total",
 )

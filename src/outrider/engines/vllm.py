@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from outrider.engines.base import EngineSpec, LoraApi
+from outrider.engines.base import CacheShapeInfo, EngineSpec, LoraApi
 from outrider.engines.client import EngineClient
 from outrider.errors import EngineRefused
 
@@ -84,4 +84,9 @@ VLLM = EngineSpec(
         "e2e_request_latency_seconds": ("vllm:e2e_request_latency_seconds",),
     },
     lora=VllmLora(),
+    # Every generation, V0 included, labels its cache config this way (one series per engine in V1).
+    cache_shape=(CacheShapeInfo("vllm:cache_config_info", "block_size", "num_gpu_blocks"),),
+    # A gauge whose value is the time it was set, one series per label set ever seen (the label sets are never
+    # removed), without an engine label; max_lora is vLLM's --max-loras.
+    lora_info="vllm:lora_requests_info",
 )

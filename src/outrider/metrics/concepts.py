@@ -2,7 +2,9 @@
 
 A concept is engine-neutral: each engine module says which of its own families carries it. A profile maps concepts to
 the exact names a consumer expects: outrider's own unified names, or the names the Kthena and AIBrix runtimes emit, so
-their dashboards and autoscalers keep working unchanged.
+their dashboards and autoscalers keep working unchanged. The `gie` profile is of another kind: it serves the routing
+protocol's families in vLLM's spelling, one combined series each (see `outrider.metrics.gie`), so it adds no
+concept names here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Mapping
 from typing import Literal
 
 MetricType = Literal["counter", "gauge", "histogram"]
+
+# Every profile `--metrics-profile` accepts (settings validates the flag against this list).
+PROFILES = ("outrider", "kthena", "aibrix", "gie")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +90,7 @@ def profile_targets(profiles: tuple[str, ...], prefix: str) -> dict[str, tuple[s
         "outrider": {c: (f"{prefix}:{c}",) for c in UNIFIED},
         "kthena": KTHENA,
         "aibrix": AIBRIX,
+        "gie": {},  # not a rename table: built by outrider.metrics.gie
     }
     targets: dict[str, tuple[str, ...]] = {}
     for profile in profiles:

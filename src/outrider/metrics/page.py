@@ -5,6 +5,10 @@ is reused for up to `REFRESH` seconds, and rebuilt at once when a new engine pag
 reaches `--metrics-max-age` (a cached body never serves an engine page past its expiry). The time-dependent
 gauges (page age, page served) are therefore at most `REFRESH` old, far below any scrape interval.
 
+With the `gie` profile on an engine that has no LoRA family of its own, `vllm:lora_requests_info` is added here,
+from the adapter set as it is at that moment, so a load or unload shows within `REFRESH` rather than at the next
+scrape; formatting its one line is nothing beside rendering outrider's own registry.
+
 Prometheus asks for gzip; the compressed body is made once per composed body (level 1: about 6x smaller for a
 fraction of a millisecond), so a scrape costs no compression and sends a sixth of the bytes.
 """
@@ -15,6 +19,7 @@ import gzip
 
 import trio
 
+from outrider.metrics.gie import AdapterLoraInfo
 from outrider.metrics.own import OwnMetrics
 from outrider.metrics.scraper import Scraper, Snapshot
 
@@ -22,9 +27,12 @@ REFRESH = 0.1
 
 
 class ServedPage:
-    def __init__(self, scraper: Scraper, own: OwnMetrics, refresh: float = REFRESH) -> None:
+    def __init__(
+        self, scraper: Scraper, own: OwnMetrics, refresh: float = REFRESH, lora: AdapterLoraInfo | None = None
+    ) -> None:
         self._scraper = scraper
         self._own = own
+        self._lora = lora
         self._refresh = refresh
         self._body = b""
         self._gzipped: bytes | None = None
@@ -43,6 +51,8 @@ class ServedPage:
         if snapshot is not self._snapshot or now >= self._valid_until:
             self._scraper.update_gauges()
             page = self._scraper.fresh_page()
+            if page is not None and snapshot is not None and self._lora is not None:
+                page += self._lora.render(snapshot.max_lora).encode()
             own = self._own.render()
             self._body = own if page is None else page + own
             self._gzipped = None

@@ -32,6 +32,7 @@ FAILURE_LOG_INTERVAL = 30.0
 class Snapshot:
     body: bytes  # the engine page plus unified families, ready to serve
     fetched_at: float  # trio.current_time() when it arrived
+    max_lora: int | None = None  # the engine's adapters per batch, when its page tells (gie profile)
 
 
 class ScrapeFailed(Exception):
@@ -115,7 +116,7 @@ class Scraper:
         try:
             with trio.fail_after(self.timeout):
                 page = await self._fetch(client)
-            body = self._rewriter.rewrite(page).encode()
+            rewritten = self._rewriter.rewrite_page(page)
         except ScrapeFailed as exc:
             self._failed(exc)
         except trio.TooSlowError:
@@ -124,7 +125,7 @@ class Scraper:
             log.exception("unexpected error while scraping %s", self.url)
             self._failed(ScrapeFailed("protocol", f"{type(exc).__name__}: {exc}"))
         else:
-            self.snapshot = Snapshot(body, trio.current_time())
+            self.snapshot = Snapshot(rewritten.text.encode(), trio.current_time(), rewritten.max_lora)
             if self.last_error is not None:
                 log.info("engine metrics at %s are back", self.url)
             self.last_error = None

@@ -7,6 +7,10 @@ Why not prometheus_client's parser: it folds counter family names (`x_total` bec
 runtimes lost every renamed counter; it also rebuilds each sample, which costs far more than a name swap. Here a
 sample line is matched by its exact metric name and re-emitted with only the name replaced, so labels, values,
 exponents, NaN and timestamps are carried over exactly as the engine wrote them.
+
+With the `gie` profile a `ProtocolRewrite` also runs (see `outrider.metrics.gie`): it may combine a protocol family
+of several series into one where it stands on the page, and appends the protocol families the page lacks. The
+unified families are always made from the page as the engine served it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 from collections.abc import Mapping
 
 from outrider.metrics.concepts import CONCEPTS, MetricType
+from outrider.metrics.gie import ProtocolRewrite
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,12 @@ class _Rule:
     help: str
 
 
+@dataclasses.dataclass(frozen=True)
+class RewrittenPage:
+    text: str  # what /metrics serves of the engine
+    max_lora: int | None = None  # the engine's adapters per batch, when its page tells (gie profile)
+
+
 def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
@@ -42,7 +53,13 @@ def _escape_help(text: str) -> str:
 class Rewriter:
     """Compiled rename rules for one engine and one set of profiles."""
 
-    def __init__(self, metric_sources: Mapping[str, tuple[str, ...]], targets: Mapping[str, tuple[str, ...]]):
+    def __init__(
+        self,
+        metric_sources: Mapping[str, tuple[str, ...]],
+        targets: Mapping[str, tuple[str, ...]],
+        protocol: ProtocolRewrite | None = None,
+    ):
+        self._protocol = protocol
         rules: list[_Rule] = []
         seen_targets: set[str] = set()
         for concept, names in targets.items():
@@ -71,7 +88,20 @@ class Rewriter:
         return tuple(t for rule in self._rules for t in rule.targets)
 
     def rewrite(self, page: str) -> str:
-        """The page unchanged, followed by every unified family the page can feed."""
+        """The page unchanged, followed by every unified family the page can feed (and, with a protocol, its
+        families: see `rewrite_page`)."""
+        return self.rewrite_page(page).text
+
+    def rewrite_page(self, page: str) -> RewrittenPage:
+        """The page with its protocol families made one series each (when a protocol is set), then the unified
+        families, then the protocol families the page lacks."""
+        unified = self._unified(page)
+        if self._protocol is None:
+            return RewrittenPage((page if page.endswith("\n") or not page else page + "\n") + unified)
+        protocol = self._protocol.apply(page)
+        return RewrittenPage(protocol.head + unified + protocol.tail, protocol.max_lora)
+
+    def _unified(self, page: str) -> str:
         samples: dict[str, list[str]] = {}  # source family -> its sample lines with the family name cut off
         declared: dict[str, str] = {}  # family -> type on its TYPE line, for the families we map
         lookup = self._samples
@@ -94,7 +124,7 @@ class Rewriter:
                 family, suffix = hit
                 samples.setdefault(family, []).append(suffix + line[end:])
 
-        out = [page if page.endswith("\n") or not page else page + "\n"]
+        out: list[str] = []
         for rule in self._rules:
             lines = None
             for source in rule.sources:

@@ -1,0 +1,335 @@
+"""The `gie` profile against every real engine page, and against multi-series pages derived from them.
+
+Every page here is a real engine page (tests/fixtures/engine-metrics) or is made from one by the helpers below,
+which copy a family's real sample lines with other label values and numbers (data parallel ranks, tensor-parallel
+duplicates, LoRA series stamped at other times), or swap SGLang's newer cache gauges for the older info-style
+family that carries the same two numbers. Values are checked against prometheus_client's parser, an oracle
+independent of the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from outrider.engines import get_engine_spec
+from outrider.metrics.concepts import PROFILES, profile_targets
+from outrider.metrics.gie import (
+    CACHE_CONFIG,
+    KV_USAGE,
+    LORA_DP_WINDOW,
+    LORA_INFO,
+    QUEUED,
+    RUNNING,
+    AdapterLoraInfo,
+    ProtocolRewrite,
+    parse_sample,
+)
+from outrider.metrics.standardize import Rewriter, RewrittenPage
+
+SGLANG_PAGES = ("sglang-0.4.x.prom", "sglang-0.5.23.prom")
+VLLM_PAGES = ("vllm-0.10.x.prom", "vllm-0.32.0-cpu.prom", "vllm-0.7.x-v0.prom")
+# The protocol families each real page can feed (the 0.4 SGLang page is a selection without cache gauges; SGLang
+# has no LoRA family, which outrider serves from its adapter state instead, see AdapterLoraInfo).
+FAMILIES = {
+    "sglang-0.4.x.prom": {QUEUED, RUNNING, KV_USAGE},
+    "sglang-0.5.23.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG},
+    "vllm-0.10.x.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG},
+    "vllm-0.32.0-cpu.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO},
+    "vllm-0.7.x-v0.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO},
+}
+ALL_PROTOCOL = {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO}
+
+Labels = dict[str, str]
+
+
+def engine_of(page_name: str) -> str:
+    return page_name.split("-", 1)[0]
+
+
+def rewrite(engine: str, page: str, profiles: tuple[str, ...] = ("outrider", "gie")) -> RewrittenPage:
+    spec = get_engine_spec(engine)
+    protocol = ProtocolRewrite.for_engine(spec) if "gie" in profiles else None
+    return Rewriter(spec.metric_sources, profile_targets(profiles, "outrider"), protocol).rewrite_page(page)
+
+
+def series(text: str, family: str) -> list[tuple[Labels, float]]:
+    """(labels, value) of every sample of `family`, as prometheus_client parses the page."""
+    return [
+        (dict(s.labels), s.value)
+        for f in text_string_to_metric_families(text)
+        if f.name == family
+        for s in f.samples
+        if s.name == family
+    ]
+
+
+def declared(text: str, family: str) -> Counter[str]:
+    """How many HELP and TYPE lines name `family`."""
+    return Counter(ln.split(" ")[1] for ln in text.splitlines() if re.match(rf"# (HELP|TYPE) {re.escape(family)} ", ln))
+
+
+def the_one(text: str, family: str) -> tuple[Labels, float]:
+    """The family's only series, after checking it is served once, typed gauge, with one series."""
+    decl = declared(text, family)
+    assert decl["TYPE"] == 1 and decl["HELP"] <= 1, family  # the V0 page has a TYPE without HELP
+    (fam,) = [f for f in text_string_to_metric_families(text) if f.name == family]
+    assert fam.type == "gauge", family
+    (one,) = series(text, family)
+    return one
+
+
+# -- deriving multi-series pages from the real ones --
+
+
+def family_lines(page: str, family: str) -> list[str]:
+    return [ln for ln in page.split("\n") if ln.startswith((family + "{", family + " "))]
+
+
+def with_series(page: str, family: str, make: Callable[[str], list[str]]) -> str:
+    """The page with each sample line of `family` replaced by the lines `make` derives from it."""
+    targets = set(family_lines(page, family))
+    out: list[str] = []
+    for line in page.split("\n"):
+        out.extend(make(line) if line in targets else [line])
+    return "\n".join(out)
+
+
+def relabel(line: str, changes: Labels, value: float) -> str:
+    """A copy of a real sample line with some labels set (added first when new) and another value."""
+    head = line.rsplit(" ", 1)[0]
+    for key, val in changes.items():
+        if f'{key}="' in head:
+            head = re.sub(rf'{key}="[^"]*"', f'{key}="{val}"', head)
+        else:
+            head = head.replace("{", f'{{{key}="{val}",', 1)
+    return f"{head} {value!r}"
+
+
+def replicas(page: str, family: str, values: list[tuple[Labels, float]]) -> str:
+    return with_series(page, family, lambda line: [relabel(line, labels, v) for labels, v in values])
+
+
+# -- every real page --
+
+
+@pytest.mark.parametrize("page_name", sorted(FAMILIES))
+def test_each_protocol_family_is_served_once_as_one_gauge_series(engine_pages: dict[str, str], page_name: str) -> None:
+    served = rewrite(engine_of(page_name), engine_pages[page_name]).text
+    for family in FAMILIES[page_name]:
+        the_one(served, family)
+    for family in ALL_PROTOCOL - FAMILIES[page_name]:
+        assert not declared(served, family) and not series(served, family), family
+    types = Counter(ln.split(" ")[2] for ln in served.splitlines() if ln.startswith("# TYPE "))
+    assert [name for name, n in types.items() if n > 1] == []
+
+
+@pytest.mark.parametrize("page_name", SGLANG_PAGES)
+def test_sglang_page_is_kept_and_vllm_families_are_derived_from_it(
+    engine_pages: dict[str, str], page_name: str
+) -> None:
+    page = engine_pages[page_name]
+    served = rewrite("sglang", page).text
+    assert served.startswith(page)
+    queue, running, usage = (
+        series(page, f) for f in ("sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:token_usage")
+    )
+    assert len(queue) == len(running) == len(usage) == 1  # one scheduler on these pages
+    assert the_one(served, QUEUED) == queue[0]
+    assert the_one(served, RUNNING) == running[0]
+    assert the_one(served, KV_USAGE) == usage[0]
+    if CACHE_CONFIG in FAMILIES[page_name]:
+        ((_, page_size),), ((labels, pages),) = series(page, "sglang:page_size"), series(page, "sglang:num_pages")
+        got_labels, value = the_one(served, CACHE_CONFIG)
+        assert value == 1.0
+        assert got_labels == {**labels, "block_size": str(int(page_size)), "num_gpu_blocks": str(int(pages))}
+
+
+@pytest.mark.parametrize("page_name", VLLM_PAGES)
+def test_vllm_families_are_the_engines_own_and_the_page_is_otherwise_untouched(
+    engine_pages: dict[str, str], page_name: str
+) -> None:
+    page = engine_pages[page_name]
+    served = rewrite("vllm", page).text
+    for family in (QUEUED, RUNNING, CACHE_CONFIG):
+        assert the_one(served, family) == series(page, family)[0]
+    own_kv = series(page, KV_USAGE) or series(page, "vllm:gpu_cache_usage_perc")  # V0 has only the old name
+    assert the_one(served, KV_USAGE) == own_kv[0]
+    # Only stale LoRA series leave the page; every other line stays, in its place.
+    lora = family_lines(page, LORA_INFO)
+    newest = max(lora, key=lambda line: float(line.rsplit(" ", 1)[1]), default=None)
+    assert family_lines(served, LORA_INFO) == ([newest] if newest else [])
+    kept = [line for line in page.split("\n") if line not in lora or line == newest]
+    assert served.startswith("\n".join(kept))
+
+
+def test_vllm_lora_state_is_the_newest_series_wherever_it_stands(engine_pages: dict[str, str]) -> None:
+    # vLLM writes its series in creation order, so the first one is not the newest in general: here the last is.
+    page = engine_pages["vllm-0.32.0-cpu.prom"]
+    lines = family_lines(page, LORA_INFO)
+    stamps = {line: 1.7e9 + i for i, line in enumerate(lines)}
+    derived = with_series(page, LORA_INFO, lambda line: [relabel(line, {}, stamps[line])])
+    served = rewrite("vllm", derived).text
+    assert family_lines(served, LORA_INFO) == [relabel(lines[-1], {}, stamps[lines[-1]])]
+
+
+def test_vllm_data_parallel_families_are_combined_into_one_series(engine_pages: dict[str, str]) -> None:
+    page = engine_pages["vllm-0.32.0-cpu.prom"]
+    derived = replicas(page, QUEUED, [({"engine": "0"}, 3.0), ({"engine": "1"}, 4.0)])
+    derived = replicas(derived, RUNNING, [({"engine": "0"}, 1.0), ({"engine": "1"}, 2.0)])
+    derived = replicas(derived, KV_USAGE, [({"engine": "0"}, 0.25), ({"engine": "1"}, 0.75)])
+    derived = replicas(derived, CACHE_CONFIG, [({"engine": "0"}, 1.0), ({"engine": "1"}, 1.0)])
+    # Each engine stamps its own adapter set: b now on one, a half a second ago on the other; the empty set is old.
+    lora = family_lines(page, LORA_INFO)
+    now = 1.8e9
+    stamped = {
+        'running_lora_adapters=""': now - 30,
+        'running_lora_adapters="a"': now - LORA_DP_WINDOW / 2,
+        'running_lora_adapters="b"': now,
+    }
+    derived = with_series(
+        derived, LORA_INFO, lambda ln: [relabel(ln, {}, next(t for k, t in stamped.items() if k in ln))]
+    )
+    assert len(lora) == 3
+
+    result = rewrite("vllm", derived)
+    served = result.text
+    assert the_one(served, QUEUED) == ({"model_name": "tiny"}, 7.0)
+    assert the_one(served, RUNNING) == ({"model_name": "tiny"}, 3.0)
+    assert the_one(served, KV_USAGE) == ({"model_name": "tiny"}, 0.5)
+    cache_labels, _ = the_one(served, CACHE_CONFIG)
+    assert cache_labels["block_size"] == "128" and cache_labels["num_gpu_blocks"] == str(2 * 8192)
+    assert "engine" not in cache_labels
+    labels, stamp = the_one(served, LORA_INFO)
+    assert labels == {"max_lora": "4", "running_lora_adapters": "b,a", "waiting_lora_adapters": "b,a"}
+    assert stamp == now
+    # The per-engine series stay under the unified names, made from the page as vLLM served it.
+    assert sorted(v for _, v in series(served, "outrider:num_requests_waiting")) == [3.0, 4.0]
+
+
+def test_sglang_data_parallel_ranks_add_up_and_tensor_parallel_ranks_count_once(engine_pages: dict[str, str]) -> None:
+    page = engine_pages["sglang-0.5.23.prom"]
+
+    def ranks(values: tuple[float, float]) -> list[tuple[Labels, float]]:
+        # Two data-parallel replicas, each reported by both of its tensor-parallel ranks.
+        return [({"dp_rank": str(dp), "tp_rank": str(tp)}, values[dp]) for dp in (0, 1) for tp in (0, 1)]
+
+    derived = replicas(page, "sglang:num_queue_reqs", ranks((2.0, 5.0)))
+    derived = replicas(derived, "sglang:num_running_reqs", ranks((7.0, 3.0)))
+    derived = replicas(derived, "sglang:token_usage", ranks((0.5, 0.7)))
+    derived = replicas(derived, "sglang:page_size", ranks((16.0, 16.0)))
+    derived = replicas(derived, "sglang:num_pages", ranks((1000.0, 1000.0)))
+    served = rewrite("sglang", derived).text
+    shared = {"engine_type": "unified", "model_name": "meta-llama/Llama-3.1-8B-Instruct", "moe_ep_rank": "0"}
+    shared["pp_rank"] = "0"
+    assert the_one(served, QUEUED) == (shared, 7.0)
+    assert the_one(served, RUNNING) == (shared, 10.0)
+    labels, usage = the_one(served, KV_USAGE)
+    assert labels == shared and math.isclose(usage, 0.6)
+    assert the_one(served, CACHE_CONFIG) == ({**shared, "block_size": "16", "num_gpu_blocks": "2000"}, 1.0)
+
+
+def test_sglang_before_0_5_12_gives_the_cache_shape_as_labels(engine_pages: dict[str, str]) -> None:
+    # The same two numbers as the 0.5.23 page, in the info-style family older SGLang serves instead of the gauges.
+    page = engine_pages["sglang-0.5.23.prom"]
+    ((labels, size),), ((_, pages),) = series(page, "sglang:page_size"), series(page, "sglang:num_pages")
+    info = relabel(family_lines(page, "sglang:page_size")[0], {}, 1.0).replace(
+        "sglang:page_size", "sglang:cache_config_info"
+    )
+    info = relabel(info, {"num_pages": str(int(pages)), "page_size": str(int(size))}, 1.0)
+    old = with_series(page, "sglang:page_size", lambda ln: [])
+    old = with_series(old, "sglang:num_pages", lambda ln: [])
+    old = old.replace("# TYPE sglang:page_size gauge", f"# TYPE sglang:cache_config_info gauge\n{info}")
+    assert series(old, "sglang:cache_config_info") and not series(old, "sglang:num_pages")
+    served = rewrite("sglang", old).text
+    assert the_one(served, CACHE_CONFIG) == (
+        {**labels, "block_size": str(int(size)), "num_gpu_blocks": str(int(pages))},
+        1.0,
+    )
+
+
+def test_sglang_lora_pool_gauge_gives_max_lora(engine_pages: dict[str, str]) -> None:
+    page = engine_pages["sglang-0.5.23.prom"]
+    assert rewrite("sglang", page).max_lora is None  # LoRA was off when this page was made
+    slots = relabel(family_lines(page, "sglang:num_running_reqs")[0], {}, 4.0).replace(
+        "sglang:num_running_reqs", "sglang:lora_pool_slots_total"
+    )
+    with_slots = page.replace(
+        "# TYPE sglang:num_running_reqs gauge",
+        f"# TYPE sglang:lora_pool_slots_total gauge\n{slots}\n# TYPE sglang:num_running_reqs gauge",
+    )
+    assert rewrite("sglang", with_slots).max_lora == 4
+
+
+@pytest.mark.parametrize(("engine", "source"), [("sglang", "sglang:num_queue_reqs"), ("vllm", QUEUED)])
+def test_a_source_typed_as_no_gauge_feeds_nothing(engine_pages: dict[str, str], engine: str, source: str) -> None:
+    # The picker reads gauges; a family the engine declares otherwise does not mean what the protocol means.
+    page = engine_pages["sglang-0.5.23.prom" if engine == "sglang" else "vllm-0.32.0-cpu.prom"]
+    retyped = page.replace(f"# TYPE {source} gauge", f"# TYPE {source} counter")
+    retyped = replicas(retyped, source, [({"x": "1"}, 1.0), ({"x": "2"}, 2.0)])
+    served = rewrite(engine, retyped).text
+    assert family_lines(served, source) == family_lines(retyped, source)  # as the engine wrote it, not combined
+    if engine == "sglang":
+        assert not declared(served, QUEUED)
+
+
+def test_a_protocol_family_the_page_already_has_is_never_added_twice(engine_pages: dict[str, str]) -> None:
+    # An SGLang page that also carries a vllm:num_requests_waiting family (as a proxy in front of both might).
+    page = engine_pages["sglang-0.5.23.prom"]
+    vllm_family = [
+        ln
+        for ln in engine_pages["vllm-0.32.0-cpu.prom"].split("\n")
+        if QUEUED + " " in ln or ln.startswith(QUEUED + "{")
+    ]
+    mixed = page + "\n".join(vllm_family) + "\n"
+    served = rewrite("sglang", mixed).text
+    assert declared(served, QUEUED) == Counter({"HELP": 1, "TYPE": 1})
+    assert series(served, QUEUED) == series(mixed, QUEUED)
+
+
+def test_without_the_profile_nothing_changes(engine_pages: dict[str, str]) -> None:
+    page = engine_pages["vllm-0.32.0-cpu.prom"]
+    served = rewrite("vllm", page, ("outrider",)).text
+    assert served.startswith(page) and len(series(served, LORA_INFO)) == 3
+    assert "gie" in PROFILES and profile_targets(("gie",), "outrider") == {}
+
+
+# -- LoRA state from outrider's adapters (engines without a LoRA family) --
+
+
+def test_adapter_lora_info_lists_the_loaded_adapters() -> None:
+    loaded = ["b", "a", "a"]
+    info = AdapterLoraInfo(lambda: loaded, clock=lambda: 1.8e9)
+    text = info.render(4)
+    assert the_one(text, LORA_INFO) == (
+        {"max_lora": "4", "running_lora_adapters": "a,b", "waiting_lora_adapters": ""},
+        1.8e9,
+    )
+    loaded.clear()
+    assert the_one(info.render(4), LORA_INFO)[0]["running_lora_adapters"] == ""
+    assert info.render(None) == ""  # nothing loaded and nothing known: absent, i.e. "no adapter loaded"
+    loaded.append("c")
+    assert the_one(info.render(None), LORA_INFO)[0] == {
+        "max_lora": "",
+        "running_lora_adapters": "c",
+        "waiting_lora_adapters": "",
+    }
+
+
+# -- the sample-line parser the rewrite relies on --
+
+
+@pytest.mark.parametrize("page_name", sorted(FAMILIES))
+def test_parser_agrees_with_prometheus_client_on_every_real_line(engine_pages: dict[str, str], page_name: str) -> None:
+    page = engine_pages[page_name]
+    ours = [parse_sample(ln) for ln in page.split("\n") if ln and not ln.startswith("#")]
+    theirs = [(s.name, dict(s.labels), s.value) for f in text_string_to_metric_families(page) for s in f.samples]
+    assert len(ours) == len(theirs)
+    for mine, oracle in zip(ours, theirs, strict=True):
+        assert mine is not None
+        assert mine[:2] == oracle[:2] and (mine[2] == oracle[2] or (math.isnan(mine[2]) and math.isnan(oracle[2])))
