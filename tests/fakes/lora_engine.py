@@ -56,7 +56,9 @@ class FakeLoraEngine(LoopbackServer):
         self.model_root = model_root
         self.loaded: dict[str, str] = {}
         self.lora_updating = True
-        self.load_delay = 0.0  # seconds a load takes (widens race windows in tests)
+        # Set `hold` to keep every load waiting until the test sets it; `load_arrived` is set once one waits there.
+        self.hold: trio.Event | None = None
+        self.load_arrived = trio.Event()
         self.calls: list[Call] = []
         self.models_requests = 0
         self.seen_headers: list[dict[str, str]] = []
@@ -172,8 +174,9 @@ class FakeLoraEngine(LoopbackServer):
                     "set 'load_inplace' to True."
                 )
                 return _json(400, _vllm_error(message, "InvalidUserInput", 400))
-            if self.load_delay:
-                await trio.sleep(self.load_delay)
+            if self.hold is not None:
+                self.load_arrived.set()
+                await self.hold.wait()
             if not _has_adapter(path):
                 call.status = 404
                 message = f"Loading lora {name} failed: No adapter found for {path}"
@@ -214,8 +217,9 @@ class FakeLoraEngine(LoopbackServer):
                 return answer(False, "lora_name and lora_path are required")
             if name in self.loaded:
                 return answer(False, f"LoRA adapter {name} is already loaded")
-            if self.load_delay:
-                await trio.sleep(self.load_delay)
+            if self.hold is not None:
+                self.load_arrived.set()
+                await self.hold.wait()
             if not _has_adapter(path):
                 return answer(False, f"Failed to load LoRA adapter {name} from {path}: no adapter_config.json")
             self.loaded[name] = path

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
@@ -189,7 +190,7 @@ async def test_kthena_load_sync_and_async(nursery: trio.Nursery, engine: FakeLor
 async def test_concurrent_loads_of_one_adapter_make_one_engine_call(
     nursery: trio.Nursery, engine: FakeLoraEngine, root: Path
 ) -> None:
-    engine.load_delay = 0.3  # both requests arrive while the first load is in progress
+    engine.hold = trio.Event()  # the engine keeps the first load until every request has arrived
     o = await start_outrider(nursery, lora_settings(engine, root))
     answers: list[tuple[int, str]] = []
 
@@ -204,6 +205,12 @@ async def test_concurrent_loads_of_one_adapter_make_one_engine_call(
         both.start_soon(aibrix)
         both.start_soon(aibrix)
         both.start_soon(kthena)
+        await engine.load_arrived.wait()
+        # Everything runs in this process, on this loop and no thread: once every task is blocked, the other two
+        # requests are in outrider, waiting on the load the engine holds.
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == [] and len(engine.load_calls("a")) == 1
+        engine.hold.set()
     assert [status for status, _ in answers] == [200, 200, 200], answers
     assert len(engine.load_calls("a")) == 1
     o.shutdown.set()
