@@ -32,6 +32,7 @@ import trio
 from outrider.adapters.fetch import AdapterFetcher
 from outrider.adapters.names import display_source, validate_name
 from outrider.adapters.state import Adapter, Origin, State, Ticket
+from outrider.backoff import Backoff
 from outrider.engines.base import LoraApi
 from outrider.engines.client import EngineAdapter, EngineClient
 from outrider.errors import (
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 # Longest wait between retries of a failing adapter: a fixed bad source should not need a restart to be retried
 # within minutes, and a broken one should not hammer the engine.
 BACKOFF_MAX = 300.0
+# No jitter: each adapter retries on its own schedule already, and the wait is shown to callers
+# (`retry_in_seconds`) as the documented interval * 2^n.
+UNJITTERED = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,7 +465,7 @@ class Reconciler:
         rec.failures += 1
         rec.error = exc
         rec.outcomes += 1
-        backoff = min(self.interval * 2 ** (rec.failures - 1), BACKOFF_MAX)
+        backoff = Backoff(self.interval, BACKOFF_MAX, jitter=UNJITTERED).delay(rec.failures)
         rec.retry_at = trio.current_time() + backoff
         self._set_state(rec, state)
         log.warning(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import httpx
 import trio
 
+from outrider.backoff import Backoff
 from outrider.kvevents.index import PodIndex
 from outrider.kvevents.metrics import KvMetrics
 from outrider.kvevents.redis_writer import RedisWriter
@@ -38,7 +39,10 @@ CHANNEL_LISTS = 64
 MAX_LAG_SAMPLES = 10_000
 # Time a shutdown gives the final removal of this pod's fields.
 CLEANUP_TIMEOUT = 5.0
-MAX_BACKOFF = 10.0
+# Redis writes: retried soon (a blip should not delay the router's view), at most every 10 s during an outage.
+FLUSH_BACKOFF = Backoff(initial=0.1, cap=10.0)
+# Asking the engine for its replay endpoint: it may still be starting; once a minute or two is plenty after that.
+DISCOVERY_BACKOFF = Backoff(initial=1.0, cap=30.0)
 # A batch timestamp further than this from our clock is not believed (clock skew, or a broken publisher).
 MAX_CLOCK_SKEW = 3600.0
 
@@ -147,7 +151,7 @@ class KvIndexer:
     # -- writing --
 
     async def _flush_loop(self) -> None:
-        delay = 0.1
+        delays = FLUSH_BACKOFF.delays()
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
@@ -157,10 +161,9 @@ class KvIndexer:
                 self._dirty.set()
                 continue
             if await self.flush(model):
-                delay = 0.1
+                delays = FLUSH_BACKOFF.delays()
             else:
-                await trio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+                await trio.sleep(next(delays))
                 self._dirty.set()
 
     async def flush(self, model: str) -> bool:
@@ -206,7 +209,7 @@ class KvIndexer:
     async def _discover_replay(self) -> None:
         assert self._engine_base_url is not None
         url = self._engine_base_url.rstrip("/") + "/kv_event_sources"
-        delay = 1.0
+        delays = DISCOVERY_BACKOFF.delays()
         async with httpx.AsyncClient(timeout=5.0, headers=self._headers) as client:
             while self.subscriber.replay_endpoint is None:
                 try:
@@ -222,8 +225,7 @@ class KvIndexer:
                     return
                 except (httpx.HTTPError, ValueError) as exc:
                     log.debug("KV events: replay discovery: %s", _short(exc))
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await trio.sleep(next(delays))
 
 
 class _Closer:

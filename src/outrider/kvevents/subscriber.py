@@ -25,6 +25,7 @@ import trio
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from outrider.backoff import Backoff
 from outrider.kvevents.metrics import KvMetrics
 from outrider.kvevents.wire import Batch, UnknownEvent, WireError, decode_batch, split_frames
 
@@ -39,6 +40,8 @@ RCV_HWM = 100_000
 # A replay answer is a local burst; an engine that has not finished within this is treated as not answering.
 REPLAY_TIMEOUT = 2.0
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
+# Restarting a failed subscriber thread: at once-ish for a blip, at most every 10 s while the engine is away.
+RESTART_BACKOFF = Backoff(initial=0.5, cap=10.0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ class Subscriber:
                 started = True
                 task_status.started()
 
-        delay = 0.5
+        delays = RESTART_BACKOFF.delays()
         while True:
             try:
                 await trio.to_thread.run_sync(self._thread_main, send, report_started, limiter=limiter)
@@ -100,8 +103,7 @@ class Subscriber:
                     raise
                 log.exception("KV events: the subscriber thread failed; restarting it")
             self._expected = None
-            await trio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await trio.sleep(next(delays))
             self._overflowed = True  # whatever was in flight is lost: the next delivery starts with a reset
 
     # -- everything below runs in the worker thread --

@@ -32,7 +32,6 @@ import errno
 import functools
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import trio
 
+from outrider.backoff import Backoff
 from outrider.errors import InsufficientStorage, OutriderError, SourceError, SourceTransientError, VerificationFailed
 from outrider.settings import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
 from outrider.sources.base import PIECE_SIZE, RemoteFile, Source
@@ -308,9 +308,10 @@ class _Run:
                     raise SourceTransientError(
                         f"{task.remote.path}: giving up after {failures} failed reads: {exc.message}"
                     ) from None
-                delay = min(self.opts.backoff_max, self.opts.backoff_initial * 2 ** (failures - 1))
+                # Jittered: the chunks of one download fail together when the store throttles.
+                delay = Backoff(self.opts.backoff_initial, self.opts.backoff_max).delay(failures)
                 log.info("%s: %s; retrying in %.2fs", task.remote.path, exc.message, delay)
-                await trio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: retries of many chunks spread out
+                await trio.sleep(delay)
             finally:
                 attempt.cancelled = True  # whatever happened, that thread must not write any more
             pos = attempt.pos
