@@ -1,8 +1,7 @@
-"""Command line: `outrider serve` (and later subcommands).
+"""Command line: `outrider serve` and `outrider download`, their options built from the fields of `Settings`.
 
-Flags use the Kthena runtime's spellings; environment variables use the AIBrix runtime's spellings; every setting
-also has an `OUTRIDER_*` variable. Precedence: flag, then `OUTRIDER_*`, then the peer's variable, then the default.
-This is the only module besides `settings.py` that looks at the environment.
+A flag beats its `OUTRIDER_*` variable, which beats the peer runtime's (settings.py spells them all). pydantic-settings
+reads the variables from the mapping `main` is given (os.environ when run): nothing else reads the environment.
 """
 
 from __future__ import annotations
@@ -12,245 +11,60 @@ import dataclasses
 import os
 import socket
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import Any, NamedTuple, NoReturn, cast
 
-from outrider import __version__
-from outrider.settings import Settings, SettingsError, from_raw, parse_log_format_setting, parse_log_level
+from pydantic import ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource
+
+from outrider import __version__, download_cmd, logs
+from outrider.settings import DownloadSettings, LogFormat, LogLevel, Settings, SettingsError, option
 from outrider.sources.options import SourceOptions, env_defaults
-
-if TYPE_CHECKING:
-    from outrider.transfer.opener import SourceOpener
+from outrider.transfer.opener import SourceOpener
 
 
-@dataclasses.dataclass(frozen=True)
-class Option:
-    """One setting: its flags, the environment variables that may carry it (first wins), and its help."""
+class Option(NamedTuple):
+    """One setting as an operator spells it: the field it sets, its flags, its variables (first wins), its help."""
 
-    dest: str
+    field: str
     flags: tuple[str, ...]
     env: tuple[str, ...]
-    help: str
-    switch: bool = False  # a flag that takes no value (given = "true")
+    info: FieldInfo
+
+    @property
+    def dest(self) -> str:
+        return self.env[0].removeprefix("OUTRIDER_").lower()
 
 
-SERVE_OPTIONS: tuple[Option, ...] = (
-    Option(
-        "engine",
-        ("-E", "--engine"),
-        ("OUTRIDER_ENGINE", "INFERENCE_ENGINE"),
-        "inference engine: vllm or sglang (vllmdisaggregated is taken as vllm)",
-    ),
-    Option("host", ("-H", "--host"), ("OUTRIDER_HOST",), "address to listen on (default 0.0.0.0)"),
-    Option("port", ("-P", "--port"), ("OUTRIDER_PORT",), "port to listen on (default 9000)"),
-    Option(
-        "engine_base_url",
-        ("-B", "--engine-base-url"),
-        ("OUTRIDER_ENGINE_BASE_URL", "INFERENCE_ENGINE_ENDPOINT"),
-        "engine base URL (default http://localhost:8000)",
-    ),
-    Option(
-        "engine_metrics_path",
-        ("-M", "--engine-metrics-path"),
-        ("OUTRIDER_ENGINE_METRICS_PATH", "METRIC_SCRAPE_PATH"),
-        "engine metrics path (default /metrics)",
-    ),
-    Option(
-        "engine_api_key",
-        ("--engine-api-key",),
-        ("OUTRIDER_ENGINE_API_KEY", "INFERENCE_ENGINE_API_KEY"),
-        "bearer token sent to the engine (prefer the environment variable: flags show in `ps`)",
-    ),
-    Option("pod", ("-I", "--pod"), ("OUTRIDER_POD", "POD_NAME"), "pod identifier (default: POD_NAME or hostname)"),
-    Option("model", ("-N", "--model"), ("OUTRIDER_MODEL",), "served model name (default: asked of the engine)"),
-    Option(
-        "scrape_interval",
-        ("--scrape-interval",),
-        ("OUTRIDER_SCRAPE_INTERVAL",),
-        "seconds between engine scrapes (default 1)",
-    ),
-    Option(
-        "scrape_timeout",
-        ("--scrape-timeout",),
-        ("OUTRIDER_SCRAPE_TIMEOUT",),
-        "seconds one scrape may take (default 2)",
-    ),
-    Option(
-        "metrics_max_age",
-        ("--metrics-max-age",),
-        ("OUTRIDER_METRICS_MAX_AGE",),
-        "seconds after which the last engine page is dropped as stale (default 3 scrape intervals)",
-    ),
-    Option(
-        "metrics_profile",
-        ("--metrics-profile",),
-        ("OUTRIDER_METRICS_PROFILE",),
-        "comma list of name sets to add: outrider, kthena, aibrix (default outrider)",
-    ),
-    Option(
-        "metrics_prefix",
-        ("--metrics-prefix",),
-        ("OUTRIDER_METRICS_PREFIX",),
-        "prefix of the unified names (default outrider)",
-    ),
-    Option("log_level", ("--log-level",), ("OUTRIDER_LOG_LEVEL",), "debug, info, warning or error"),
-    Option(
-        "log_format",
-        ("--log-format",),
-        ("OUTRIDER_LOG_FORMAT",),
-        "json or text: one event per line (default: json unless stderr is a terminal)",
-    ),
-    Option(
-        "shutdown_grace",
-        ("--shutdown-grace",),
-        ("OUTRIDER_SHUTDOWN_GRACE",),
-        "seconds in-flight requests get at shutdown (default 1)",
-    ),
-    Option(
-        "api_token",
-        ("--api-token",),
-        ("OUTRIDER_API_TOKEN",),
-        "bearer token required by every route that changes state (prefer the env or --api-token-file: flags show "
-        "in `ps`)",
-    ),
-    Option(
-        "api_token_file",
-        ("--api-token-file",),
-        ("OUTRIDER_API_TOKEN_FILE",),
-        "file holding the API token, e.g. a mounted Secret",
-    ),
-    Option(
-        "protect_metrics",
-        ("--protect-metrics",),
-        ("OUTRIDER_PROTECT_METRICS",),
-        "require the API token on /metrics too (probes stay open)",
-        switch=True,
-    ),
-    Option(
-        "max_body_size",
-        ("--max-body-size",),
-        ("OUTRIDER_MAX_BODY_SIZE",),
-        "largest request body accepted (default 1MiB)",
-    ),
-    Option(
-        "adapters_file",
-        ("--adapters-file",),
-        ("OUTRIDER_ADAPTERS_FILE",),
-        "YAML or JSON list of {name, source} LoRA adapters to keep loaded; re-read when it changes",
-    ),
-    Option(
-        "adapter_sync_interval",
-        ("--adapter-sync-interval",),
-        ("OUTRIDER_ADAPTER_SYNC_INTERVAL",),
-        "seconds between checks of the engine's adapters against the declared set (default 5)",
-    ),
-    Option(
-        "adapter_root",
-        ("--adapter-root",),
-        ("OUTRIDER_ADAPTER_ROOT",),
-        "shared volume for adapters, mounted at the same path in the engine (default /adapters)",
-    ),
-    Option(
-        "kv_events_endpoint",
-        ("--kv-events-endpoint",),
-        ("OUTRIDER_KV_EVENTS_ENDPOINT",),
-        "engine's KV-event publisher, e.g. tcp://127.0.0.1:5557 (default off)",
-    ),
-    Option(
-        "kv_events_topic",
-        ("--kv-events-topic",),
-        ("OUTRIDER_KV_EVENTS_TOPIC",),
-        "topic to subscribe to (default: all)",
-    ),
-    Option(
-        "kv_events_replay_endpoint",
-        ("--kv-events-replay-endpoint",),
-        ("OUTRIDER_KV_EVENTS_REPLAY_ENDPOINT",),
-        "engine's replay endpoint (default: asked of vLLM's /kv_event_sources)",
-    ),
-    Option(
-        "kv_hash_block_size",
-        ("--kv-hash-block-size",),
-        ("OUTRIDER_KV_HASH_BLOCK_SIZE",),
-        "tokens per hashed chunk; must equal the router's blockSizeToHash (default 16)",
-    ),
-    Option(
-        "redis_url",
-        ("--redis-url",),
-        ("OUTRIDER_REDIS_URL",),
-        "Redis for the KV index, redis://[:password@]host:port/db (default: from REDIS_HOST, REDIS_PORT, "
-        "REDIS_DB, REDIS_PASSWORD)",
-    ),
+def _option(field: str, info: FieldInfo) -> Option:
+    spelled = cast(dict[str, list[str]], info.json_schema_extra)  # see settings.option
+    return Option(field, tuple(spelled["flags"]), tuple(spelled["env"]), info)
+
+
+def _options(cls: type[Any]) -> tuple[Option, ...]:
+    return tuple(_option(name, info) for name, info in cls.__pydantic_fields__.items() if info.json_schema_extra)
+
+
+DOWNLOAD_SETTINGS_OPTIONS = _options(DownloadSettings)
+# Inputs to a setting rather than settings: a file holding the API token, the Kthena runtime's Redis variables.
+TOKEN_FILE = _option(
+    "api_token_file", option(None, "file holding the API token, e.g. a mounted Secret", "--api-token-file")
 )
-# The Kthena runtime's Redis variables: environment only (no flags), read into the raw settings as they are.
-REDIS_ENV = {
-    "redis_host": "REDIS_HOST",
-    "redis_port": "REDIS_PORT",
-    "redis_db": "REDIS_DB",
-    "redis_password": "REDIS_PASSWORD",
-}
-
-
-# Model download settings: shared by `serve` (for requests) and `download` (for the command line).
-DOWNLOAD_SETTINGS_OPTIONS: tuple[Option, ...] = (
-    Option(
-        "model_root",
-        ("--model-root",),
-        ("OUTRIDER_MODEL_ROOT", "DOWNLOADER_LOCAL_DIR"),
-        "directory every requested download must land under (default /models)",
-    ),
-    Option("pvc_root", ("--pvc-root",), ("OUTRIDER_PVC_ROOT",), "directory `pvc://` sources must be under"),
-    Option(
-        "download_workers",
-        ("--download-workers",),
-        ("OUTRIDER_DOWNLOAD_WORKERS", "DOWNLOADER_NUM_THREADS"),
-        "ranged reads in flight across all downloads (default 8)",
-    ),
-    Option("chunk_size", ("--chunk-size",), ("OUTRIDER_CHUNK_SIZE",), "bytes per ranged read (default 16MiB)"),
-    Option(
-        "allow_request_endpoints",
-        ("--allow-request-endpoints",),
-        ("OUTRIDER_ALLOW_REQUEST_ENDPOINTS",),
-        "let download requests name their own store endpoint in `config`",
-        switch=True,
-    ),
-    Option(
-        "allow_file_suffix",
-        ("--allow-file-suffix",),
-        ("OUTRIDER_ALLOW_FILE_SUFFIX", "DOWNLOADER_ALLOW_FILE_SUFFIX"),
-        "download only files with these suffixes, e.g. 'json, safetensors' (default: every file)",
-    ),
-    Option(
-        "verify",
-        ("--verify",),
-        ("OUTRIDER_VERIFY",),
-        "checksum (default): sizes and the store's content checksums before publishing; size: sizes only "
-        "(MD5 costs about 1.3 CPU-seconds per GiB)",
-    ),
+REDIS_ENV = tuple(
+    _option(f"redis_{v[6:].lower()}", option(None, "", v))
+    for v in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 )
-SERVE_OPTIONS = SERVE_OPTIONS + DOWNLOAD_SETTINGS_OPTIONS
-# `outrider download` spells the worker count --workers too.
-DOWNLOAD_OPTIONS: tuple[Option, ...] = tuple(
-    dataclasses.replace(o, flags=("--workers", *o.flags)) if o.dest == "download_workers" else o
-    for o in DOWNLOAD_SETTINGS_OPTIONS
-) + tuple(o for o in SERVE_OPTIONS if o.dest in ("log_level", "log_format"))
-
-
-def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    for opt in options:
-        envs = ", ".join(opt.env)
-        if opt.switch:
-            parser.add_argument(
-                *opt.flags,
-                dest=opt.dest,
-                default=None,
-                action="store_const",
-                const="true",
-                help=f"{opt.help} [env: {envs}]",
-            )
-        else:
-            parser.add_argument(*opt.flags, dest=opt.dest, default=None, help=f"{opt.help} [env: {envs}]")
+SERVE_OPTIONS = (*_options(Settings), TOKEN_FILE, *DOWNLOAD_SETTINGS_OPTIONS)
+# `outrider download` spells the worker count --workers too, and it logs like `serve`.
+DOWNLOAD_OPTIONS = tuple(
+    o._replace(flags=("--workers", *o.flags)) if o.field == "workers" else o
+    for o in SERVE_OPTIONS
+    if o in DOWNLOAD_SETTINGS_OPTIONS or o.field in ("log_level", "log_format")
+)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -260,32 +74,65 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"outrider: error: {message}\n")
 
 
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for o in options:
+        switch: Any = {"action": "store_const", "const": "true"} if o.info.default is False else {}  # off unless given
+        parser.add_argument(*o.flags, dest=o.dest, help=f"{o.info.description} [env: {', '.join(o.env)}]", **switch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="outrider", description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"outrider {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    serve = sub.add_parser("serve", help="run the sidecar service")
-    _add_options(serve, SERVE_OPTIONS)
-    from outrider import download_cmd  # small: argparse wiring and the progress display only
-
+    _add_options(sub.add_parser("serve", help="run the sidecar service"), SERVE_OPTIONS)
     download = sub.add_parser("download", help="download a model into a directory, verified, resumable")
     download_cmd.add_arguments(download)
     _add_options(download, DOWNLOAD_OPTIONS)
     return parser
 
 
-def resolve(args: argparse.Namespace, options: Sequence[Option], environ: Mapping[str, str]) -> dict[str, str | None]:
-    """Flag first, then each environment variable in order; None when nothing was given."""
-    raw: dict[str, str | None] = {}
-    for opt in options:
-        value: str | None = getattr(args, opt.dest)
-        if value is None:
-            value = next((environ[name] for name in opt.env if environ.get(name)), None)
-        raw[opt.dest] = value
-    return raw
+class _Environ(EnvSettingsSource):
+    """pydantic-settings' lookup of a field's variables (its AliasChoices in order, case-sensitive, an empty value
+    counting as unset) in the mapping given rather than in os.environ: `main` passes os.environ, tests their own."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(BaseSettings, case_sensitive=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name: value for name, value in self._environ.items() if value}
 
 
-def source_defaults(environ: Mapping[str, str]) -> SourceOptions:
+def resolve(args: argparse.Namespace, options: Sequence[Option], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each option's text: its flag, else its first variable set. Options given nowhere are left out."""
+    env = _Environ(environ)
+    raw = {o.field: getattr(args, o.dest, None) or env.get_field_value(o.info, o.field)[0] for o in options}
+    return {field: value for field, value in raw.items() if value}
+
+
+def _build(cls: type[Any], values: Mapping[str, Any]) -> Any:
+    """`cls(**values)`, or a SettingsError that names the flag (or variable) of the first value refused."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        o = next(o for o in SERVE_OPTIONS if error["loc"][0] in (o.field, *o.env))
+        text = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            text = f"required (also read from {', '.join(o.env)})"
+        elif error["type"] != "value_error":  # pydantic's own messages do not show the value; ours do
+            text += f", got {error['input']!r}"
+        raise SettingsError(f"{o.flags[-1]}: {text}") from None
+
+
+def _downloads(raw: dict[str, Any], source_defaults: SourceOptions) -> DownloadSettings:
+    """DownloadSettings from the download options in `raw` (taken out of it)."""
+    given = {o.field: raw.pop(o.field) for o in DOWNLOAD_SETTINGS_OPTIONS if o.field in raw}
+    downloads: DownloadSettings = _build(DownloadSettings, {**given, "source_defaults": source_defaults})
+    return downloads
+
+
+def _pod_store(environ: Mapping[str, str]) -> SourceOptions:
     """The pod's store credentials and endpoints from its env (ACCESS_KEY, AWS_*, TOS_*, HF_TOKEN, ...)."""
     try:
         return env_defaults(environ)
@@ -294,19 +141,41 @@ def source_defaults(environ: Mapping[str, str]) -> SourceOptions:
 
 
 def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    raw = resolve(args, SERVE_OPTIONS, environ)
-    raw.update({dest: environ.get(name) or None for dest, name in REDIS_ENV.items()})
-    if not raw["pod"]:
-        raw["pod"] = socket.gethostname()
+    raw = resolve(args, (*SERVE_OPTIONS, *REDIS_ENV), environ)
     token_file = raw.pop("api_token_file", None)
-    if token_file and not raw.get("api_token"):
+    if token_file and "api_token" not in raw:  # a token given itself wins over a file
         try:
             raw["api_token"] = Path(token_file).read_text()
         except OSError as exc:
             raise SettingsError(f"--api-token-file: cannot read {token_file}: {exc.strerror}") from None
-    settings = from_raw(raw)
-    downloads = dataclasses.replace(settings.downloads, source_defaults=source_defaults(environ))
-    return dataclasses.replace(settings, downloads=downloads)
+    # An operator's token must be long enough to resist guessing (tests build Settings with short ones); never echoed.
+    token = raw.get("api_token", "").strip()
+    if "api_token" in raw and (len(token) < 16 or any(c.isspace() for c in token)):
+        raise SettingsError("--api-token: must be at least 16 characters with no white space")
+    redis = {k[6:]: raw.pop(k) for k in list(raw) if k.startswith("redis_") and k != "redis_url"}
+    if "host" in redis and "redis_url" not in raw:  # the Kthena runtime's REDIS_HOST, _PORT, _DB, _PASSWORD
+        port, db, host = redis.get("port", "6379"), redis.get("db", "0"), redis["host"]
+        for name, value, top in (("REDIS_PORT", port, 65535), ("REDIS_DB", db, 2**31)):
+            if not value.isdigit() or int(value) > top:
+                raise SettingsError(f"{name}: expected a whole number up to {top}, got {value!r}")
+        auth = f":{urllib.parse.quote(redis['password'], safe='')}@" if "password" in redis else ""
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        raw["redis_url"] = f"redis://{auth}{host}:{int(port)}/{int(db)}"
+    if "kv_events_endpoint" in raw and "redis_url" not in raw:
+        raise SettingsError("--redis-url: required with --kv-events-endpoint (or set REDIS_HOST)")
+    downloads = _downloads(raw, _pod_store(environ))
+    settings: Settings = _build(
+        Settings, {"pod": socket.gethostname(), **raw, "api_token": token or None, "downloads": downloads}
+    )
+    if "metrics_max_age" not in raw:
+        settings = dataclasses.replace(settings, metrics_max_age=3 * settings.scrape_interval)
+    return settings
+
+
+@dataclass(frozen=True)
+class _Logging:
+    log_level: LogLevel = "warning"  # `outrider download` logs warnings and up unless told otherwise
+    log_format: LogFormat | None = None
 
 
 def main(
@@ -318,33 +187,20 @@ def main(
     """Run a command; `source_opener` replaces the built-in stores (tests use it to serve a local one)."""
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
-    if args.command == "serve":
-        try:
+    try:
+        if args.command == "serve":
             settings = serve_settings(args, env)
-        except SettingsError as exc:
-            print(f"outrider: error: {exc}", file=sys.stderr)
-            return 2
-        from outrider.service import run  # imported late: `--help` should not pay for the server stack
-
-        return run(settings, source_opener=source_opener)
+        else:
+            raw, pod_store = resolve(args, DOWNLOAD_OPTIONS, env), _pod_store(env)
+            logging: _Logging = _build(_Logging, {k: raw.pop(k) for k in ("log_level", "log_format") if k in raw})
+            logs.configure(logging.log_level, logging.log_format)  # as `serve` logs; the progress display is apart
+            logs.REDACTOR.register(logs.secrets_in(pod_store), pinned=True)
+            downloads = _downloads(raw, pod_store)
+    except SettingsError as exc:
+        print(f"outrider: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "download":
-        from outrider import download_cmd
+        return download_cmd.main(args, downloads, source_opener)
+    from outrider.service import run  # imported late: `--help` should not pay for the server stack
 
-        raw = resolve(args, DOWNLOAD_OPTIONS, env)
-        try:
-            defaults = source_defaults(env)
-            _download_logging(raw, defaults)
-        except SettingsError as exc:
-            print(f"outrider: error: {exc}", file=sys.stderr)
-            return 2
-        return download_cmd.main(args, raw, source_opener, defaults)
-    raise AssertionError(f"unhandled command {args.command!r}")
-
-
-def _download_logging(raw: Mapping[str, str | None], defaults: SourceOptions) -> None:
-    """`outrider download` logs like `serve` (the progress display is separate); warnings and up by default."""
-    from outrider import logs
-
-    level = parse_log_level((raw.get("log_level") or "warning").strip())
-    logs.configure(level, parse_log_format_setting(raw.get("log_format")))
-    logs.REDACTOR.register(logs.source_secrets(defaults), pinned=True)
+    return run(settings, source_opener=source_opener)

@@ -24,8 +24,7 @@ import trio
 from tqdm import tqdm  # type: ignore[import-untyped]  # no py.typed; its values are Any here, like the SDKs
 
 from outrider.errors import InvalidRequest, OutriderError
-from outrider.settings import DownloadSettings, SettingsError, download_settings
-from outrider.sources.options import SourceOptions
+from outrider.settings import DownloadSettings
 from outrider.transfer import download
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.opener import SourceOpener, build_opener
@@ -70,10 +69,8 @@ class Command:
     settings: DownloadSettings
 
 
-def parse(
-    args: argparse.Namespace, raw: Mapping[str, str | None], source_defaults: SourceOptions | None = None
-) -> Command:
-    """The command's inputs, or SettingsError/InvalidRequest with one line for the operator."""
+def parse(args: argparse.Namespace, settings: DownloadSettings) -> Command:
+    """The command's inputs (its settings are already checked), or InvalidRequest with one line for the operator."""
     if args.source and args.model_uri:
         raise InvalidRequest("give SOURCE or --model-uri, not both")
     source = args.source or args.model_uri
@@ -85,7 +82,7 @@ def parse(
     if args.dest:
         dest = Path(args.dest)
     elif aibrix_dest:
-        base = args.local_dir or raw.get("model_root") or "/models"
+        base = args.local_dir or settings.model_root
         name = args.model_name or source.rstrip("/").rsplit("/", 1)[-1]
         if not name or "/" in name or name in (".", ".."):
             raise InvalidRequest(f"--model-name must be one directory name, got {name!r}")
@@ -101,22 +98,15 @@ def parse(
         if not isinstance(config, dict):
             raise InvalidRequest("--download-extra-config must be a JSON object")
     # The operator is the caller here: the endpoint in their own config is theirs to choose.
-    settings = dataclasses.replace(
-        download_settings(raw), allow_request_endpoints=True, source_defaults=source_defaults or SourceOptions()
-    )
+    settings = dataclasses.replace(settings, allow_request_endpoints=True)
     filters = Filters(settings.allow_suffixes, tuple(args.include), tuple(args.exclude))
     return Command(source, dest.absolute(), config, filters, settings)
 
 
-def main(
-    args: argparse.Namespace,
-    raw: Mapping[str, str | None],
-    opener: SourceOpener | None,
-    source_defaults: SourceOptions | None = None,
-) -> int:
+def main(args: argparse.Namespace, settings: DownloadSettings, opener: SourceOpener | None) -> int:
     try:
-        command = parse(args, raw, source_defaults)
-    except (SettingsError, InvalidRequest) as exc:
+        command = parse(args, settings)
+    except InvalidRequest as exc:
         print(f"outrider: error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -6,15 +6,16 @@
 - a formatter: `JsonFormatter` (time in ISO 8601 UTC, level, logger, message, request_id, any `extra=` fields,
   and `exc_info` as one string) or `TextFormatter` (the same in a line a person reads);
 - `Redactor`, defense in depth: the code never logs a credential on purpose, but a library's message, an
-  exception text or a repr can carry one. Known secret values (the ones in the settings, and the ones each
-  request's `config` brings, registered when it is parsed) and obvious patterns (`Authorization: Bearer ...`,
-  `X-Amz-Signature=...`, `secret_key=...`) are replaced with `***`.
+  exception text or a repr can carry one. Known secret values (those `secrets_in` finds in the settings, and the
+  ones each request's `config` brings, registered when it is parsed) and obvious patterns (`Authorization: Bearer
+  ...`, `X-Amz-Signature=...`, `secret_key=...`) are replaced with `***`.
 """
 
 from __future__ import annotations
 
 import collections
 import contextvars
+import dataclasses
 import datetime
 import json
 import logging
@@ -22,14 +23,11 @@ import re
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
-if TYPE_CHECKING:
-    from outrider.settings import Settings
-    from outrider.sources.options import SourceOptions
+from pydantic import SecretStr
 
-LOG_FORMATS = ("json", "text")
 MASK = "***"
 # The id of the request whose handling is logging; None outside a request. Set by http/observe.py.
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("outrider_request_id", default=None)
@@ -141,28 +139,28 @@ def redact(text: str) -> str:
     return REDACTOR.redact(text)
 
 
-def source_secrets(options: SourceOptions) -> tuple[str | None, ...]:
-    return (
-        options.access_key,
-        options.secret_key,
-        options.session_token,
-        options.tos_access_key,
-        options.tos_secret_key,
-        options.hf_token,
-    )
+def secrets_in(value: object) -> Iterator[str]:
+    """Every secret `value` holds, found by type: each `SecretStr` in it, and each string a dataclass keeps out of
+    its repr (`field(repr=False)`: the store options' credentials). Dataclasses, lists and tuples are searched.
 
-
-def settings_secrets(settings: Settings) -> tuple[str | None, ...]:
-    """Every credential the settings hold: the engine API key, the API token, the Redis password, the pod's store
-    credentials."""
-    password = urllib.parse.urlsplit(settings.redis_url).password if settings.redis_url else None
-    return (
-        settings.engine_api_key,
-        settings.api_token,
-        password,
-        urllib.parse.unquote(password) if password else None,
-        *source_secrets(settings.downloads.source_defaults),
-    )
+    A secret URL (Redis's) yields its password, as written and decoded, rather than the whole URL: the host and
+    database stay readable in a log line."""
+    if isinstance(value, SecretStr):
+        text = value.get_secret_value()
+        if "://" not in text:
+            yield text
+        elif password := urllib.parse.urlsplit(text).password:
+            yield from (password, urllib.parse.unquote(password))
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            item = getattr(value, field.name)
+            if isinstance(item, str) and not field.repr:
+                yield item
+            else:
+                yield from secrets_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from secrets_in(item)
 
 
 class RequestIdFilter(logging.Filter):
@@ -241,16 +239,6 @@ class TextFormatter(logging.Formatter):
         if record.stack_info:
             text += "\n" + self.formatStack(record.stack_info)
         return self.redactor.redact(text)
-
-
-def parse_log_format(raw: str | None) -> str | None:
-    """`json`, `text`, or None (not given: decided by the stream, see `configure`). ValueError otherwise."""
-    if raw is None or not raw.strip():
-        return None
-    value = raw.strip().lower()
-    if value not in LOG_FORMATS:
-        raise ValueError(f"--log-format: expected json or text, got {raw!r}")
-    return value
 
 
 def default_format(stream: TextIO) -> str:

@@ -61,7 +61,7 @@ def test_aibrix_env_spellings() -> None:
         },
     )
     assert s.engine_metrics_url == "http://localhost:8010/m"
-    assert s.engine_api_key == "k" and s.pod == "p-1" and s.port == 8080
+    assert s.engine_api_key and s.engine_api_key.get_secret_value() == "k" and s.pod == "p-1" and s.port == 8080
 
 
 def test_flag_beats_outrider_env_beats_peer_env() -> None:
@@ -124,10 +124,15 @@ def test_api_token_from_env_file_and_flag(tmp_path: Path) -> None:
     secret = tmp_path / "token"
     secret.write_text("from-a-mounted-secret-0123\n")
     assert settings_for(["-E", "vllm"]).api_token is None
-    assert settings_for(["-E", "vllm", "--api-token-file", str(secret)]).api_token == "from-a-mounted-secret-0123"
+    assert token(["-E", "vllm", "--api-token-file", str(secret)]) == "from-a-mounted-secret-0123"
     env = {"OUTRIDER_API_TOKEN": "from-the-environment-0123", "OUTRIDER_API_TOKEN_FILE": str(secret)}
-    assert settings_for(["-E", "vllm"], env).api_token == "from-the-environment-0123"  # the value wins over a file
+    assert token(["-E", "vllm"], env) == "from-the-environment-0123"  # the value wins over a file
     assert "from-the-environment" not in repr(settings_for(["-E", "vllm"], env))
+
+
+def token(argv: list[str], env: dict[str, str] | None = None) -> str | None:
+    secret = settings_for(argv, env).api_token
+    return secret.get_secret_value() if secret else None
 
 
 def test_bad_api_token_is_refused_without_echoing_it(tmp_path: Path) -> None:

@@ -16,14 +16,14 @@ def test_kv_events_are_off_by_default() -> None:
 def test_kthena_redis_env_builds_the_url_and_the_password_stays_out_of_repr() -> None:
     env = {"REDIS_HOST": "redis.kthena", "REDIS_PORT": "6380", "REDIS_DB": "2", "REDIS_PASSWORD": "p@ss:w/rd"}
     s = settings_for(["-E", "vllm", "--kv-events-endpoint", "tcp://*:5557", "--kv-events-topic", "kv-events"], env)
-    assert s.redis_url == "redis://:p%40ss%3Aw%2Frd@redis.kthena:6380/2"
+    assert s.redis_url and s.redis_url.get_secret_value() == "redis://:p%40ss%3Aw%2Frd@redis.kthena:6380/2"
     assert s.kv_events_endpoint == "tcp://*:5557" and s.kv_events_topic == "kv-events"
     assert "p@ss" not in repr(s) and "p%40ss" not in repr(s)
 
 
 def test_redis_url_flag_wins_over_redis_host() -> None:
     s = settings_for(["-E", "vllm", "--redis-url", "redis://127.0.0.1:1/0"], {"REDIS_HOST": "elsewhere"})
-    assert s.redis_url == "redis://127.0.0.1:1/0"
+    assert s.redis_url and s.redis_url.get_secret_value() == "redis://127.0.0.1:1/0"
 
 
 @pytest.mark.parametrize(

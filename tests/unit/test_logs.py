@@ -11,10 +11,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from outrider import logs
 from outrider.cli import build_parser, main, serve_settings
-from outrider.settings import Settings, SettingsError, from_raw
+from outrider.settings import Settings, SettingsError
 from outrider.sources.options import SourceOptions, parse_config
 
 SECRET = "s3cr3t-VALUE-for/redaction+test"
@@ -128,14 +129,14 @@ def test_settings_secrets_cover_every_credential_setting() -> None:
     settings = Settings(
         engine="vllm",
         engine_base_url="http://e",
-        engine_api_key="engine-key-1",
-        api_token="api-token-0123456789",
-        redis_url="redis://:redis%2Fpass@r:6379/0",
+        engine_api_key=SecretStr("engine-key-1"),
+        api_token=SecretStr("api-token-0123456789"),
+        redis_url=SecretStr("redis://:redis%2Fpass@r:6379/0"),
     )
     pod = SourceOptions(access_key="ak-1234", secret_key="sk-1234", session_token="st-1234", hf_token="hf-1234")
     pod = dataclasses.replace(pod, tos_access_key="tak-1234", tos_secret_key="tsk-1234")
     settings = dataclasses.replace(settings, downloads=dataclasses.replace(settings.downloads, source_defaults=pod))
-    logs.REDACTOR.register(logs.settings_secrets(settings), pinned=True)
+    logs.REDACTOR.register(logs.secrets_in(settings), pinned=True)
     words = ["engine-key-1", "api-token-0123456789", "redis%2Fpass", "redis/pass", "ak-1234", "sk-1234", "st-1234"]
     words += ["hf-1234", "tak-1234", "tsk-1234"]
     assert logs.redact(" ".join(words)) == " ".join(["***"] * len(words))
@@ -149,7 +150,7 @@ def test_log_format_setting_flag_env_and_default() -> None:
     assert serve_settings(args, {"OUTRIDER_LOG_FORMAT": "json"}).log_format == "json"
     assert serve_settings(args, {}).log_format is None
     with pytest.raises(SettingsError, match="--log-format"):
-        from_raw({"engine": "vllm", "log_format": "xml"})
+        serve_settings(parser.parse_args(["serve", "-E", "vllm", "--log-format", "xml"]), {})
 
 
 def test_default_format_is_text_on_a_terminal_and_json_otherwise() -> None:

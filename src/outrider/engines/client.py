@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from outrider.errors import EngineUnavailable
 
@@ -20,9 +21,9 @@ LIST_TIMEOUT = 5.0
 ADMIN_TIMEOUT = 120.0
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
+def auth_headers(api_key: SecretStr | None) -> dict[str, str]:
     """Headers for every call to the engine: its API key as a bearer token when one is configured."""
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
 
 
 async def served_base_model(client: httpx.AsyncClient, base_url: str) -> str | None:
@@ -48,7 +49,7 @@ class EngineAdapter:
 class EngineClient:
     """An httpx client bound to one engine's base URL and API key. Close it with `aclose`."""
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
+    def __init__(self, base_url: str, api_key: SecretStr | None) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(headers=auth_headers(api_key), timeout=ADMIN_TIMEOUT)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hmac
 import json
 
+from pydantic import SecretStr
+
 from outrider.errors import error_body
 from outrider.http.hot import ASGIApp, Receive, Scope, Send
 
@@ -23,9 +25,9 @@ PROBES = frozenset({"/health", "/healthz", "/ready"})
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, *, token: str | None, protect_metrics: bool, max_body_size: int) -> None:
+    def __init__(self, app: ASGIApp, *, token: SecretStr | None, protect_metrics: bool, max_body_size: int) -> None:
         self._app = app
-        self._token = token.encode() if token else None
+        self._token = token.get_secret_value().encode() if token else None
         self._protect_metrics = protect_metrics
         self._max_body = max_body_size
 

@@ -34,7 +34,7 @@ def build_indexer(
             metrics,
             replay_endpoint=settings.kv_events_replay_endpoint,
         ),
-        writer=RedisWriter(settings.redis_url, settings.pod),
+        writer=RedisWriter(settings.redis_url.get_secret_value(), settings.pod),
         index=PodIndex(settings.kv_hash_block_size),
         metrics=metrics,
         model=model,
