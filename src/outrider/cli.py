@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, NoReturn, cast
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, EnvSettingsSource
 
 from outrider import __version__, download_cmd, logs
@@ -74,10 +75,22 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"outrider: error: {message}\n")
 
 
+def shown_default(info: FieldInfo) -> str | None:
+    """A field's default as the help (and README) writes it; None for none, an empty value, a switch or required."""
+    value = info.default
+    if isinstance(value, bool) or value in (None, "", ()) or value is PydanticUndefined:
+        return None
+    if isinstance(value, int) and value % 2**20 == 0:
+        return f"{value >> 20}MiB"
+    return ",".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for o in options:
+        help, default = o.info.description or "", shown_default(o.info)
+        help += f" (default {default})" if default and "default" not in help else ""
         switch: Any = {"action": "store_const", "const": "true"} if o.info.default is False else {}  # off unless given
-        parser.add_argument(*o.flags, dest=o.dest, help=f"{o.info.description} [env: {', '.join(o.env)}]", **switch)
+        parser.add_argument(*o.flags, dest=o.dest, help=f"{help} [env: {', '.join(o.env)}]", **switch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +154,7 @@ def _pod_store(environ: Mapping[str, str]) -> SourceOptions:
 
 
 def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """`serve`'s Settings; the rules here are those across options (a token's file, Redis's parts, derived defaults)."""
     raw = resolve(args, (*SERVE_OPTIONS, *REDIS_ENV), environ)
     token_file = raw.pop("api_token_file", None)
     if token_file and "api_token" not in raw:  # a token given itself wins over a file

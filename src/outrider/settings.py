@@ -27,7 +27,6 @@ METRICS_PROFILES = ("outrider", "kthena", "aibrix")
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
 DEFAULT_DOWNLOAD_WORKERS = 8
 MAX_DOWNLOAD_WORKERS = 64
-ENGINE_URL = "http://localhost:8000"
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -154,12 +153,14 @@ class DownloadSettings:
 
     model_root: Dir = option("/models", "every download must land under it", "--model-root", "DOWNLOADER_LOCAL_DIR")
     pvc_root: Dir | None = option(None, "`pvc://` sources must be under it (default: refused)", "--pvc-root")
-    workers: Workers = option(8, "ranged reads in flight, all jobs", "--download-workers", "DOWNLOADER_NUM_THREADS")
+    workers: Workers = option(
+        DEFAULT_DOWNLOAD_WORKERS, "ranged reads in flight, all jobs", "--download-workers", "DOWNLOADER_NUM_THREADS"
+    )
     chunk_size: Size = option(DEFAULT_CHUNK_SIZE, "bytes per ranged read", "--chunk-size")
     allow_request_endpoints: Switch = option(False, "requests may name a store endpoint", "--allow-request-endpoints")
     allow_suffixes: Suffixes = option((), "only these suffixes", "--allow-file-suffix", "DOWNLOADER_ALLOW_FILE_SUFFIX")
     verify_checksums: Verify = option(
-        True, "checksum: sizes and checksums (MD5: 1.3 CPU-s/GiB); size: sizes only", "--verify"
+        True, "checksum (default): sizes and checksums (MD5: 1.3 CPU-s/GiB); size: sizes only", "--verify"
     )
     # The pod's own store credentials and endpoints from its env (Kthena and AIBrix spellings); a request's
     # `config` overrides them, and they are never sent to an endpoint a request names (see sources/options.py).
@@ -168,16 +169,18 @@ class DownloadSettings:
 
 @dataclass(frozen=True, config=ConfigDict(validate_by_name=True))
 class Settings:
+    """What `outrider serve` runs with."""
+
     engine: Engine = option(..., "vllm or sglang (vllmdisaggregated: vllm)", "-E", "--engine", "INFERENCE_ENGINE")
     engine_base_url: BaseUrl = option(
-        ENGINE_URL, "engine base URL", "-B", "--engine-base-url", "INFERENCE_ENGINE_ENDPOINT"
+        "http://localhost:8000", "engine base URL", "-B", "--engine-base-url", "INFERENCE_ENGINE_ENDPOINT"
     )
     engine_metrics_path: UrlPath = option(
         "/metrics", "engine metrics path", "-M", "--engine-metrics-path", "METRIC_SCRAPE_PATH"
     )
     engine_api_key: SecretStr | None = option(
         None,
-        "bearer token sent to the engine (prefer the variable: flags show in `ps`)",
+        "the engine's bearer token (prefer the variable: flags show in `ps`)",
         "--engine-api-key",
         "INFERENCE_ENGINE_API_KEY",
     )
@@ -203,7 +206,9 @@ class Settings:
     adapter_root: Dir = option("/adapters", "adapters' volume, at the same path in the engine", "--adapter-root")
     kv_events_endpoint: Zmq | None = option(None, "engine's KV-event publisher (default: off)", "--kv-events-endpoint")
     kv_events_topic: str = option("", "topic to subscribe to (default: all)", "--kv-events-topic")
-    kv_events_replay_endpoint: Zmq | None = option(None, "(default: asked of vLLM)", "--kv-events-replay-endpoint")
+    kv_events_replay_endpoint: Zmq | None = option(
+        None, "engine's KV-event replay endpoint (default: asked of vLLM)", "--kv-events-replay-endpoint"
+    )
     kv_hash_block_size: BlockSize = option(16, "tokens per hash: the router's blockSizeToHash", "--kv-hash-block-size")
     redis_url: RedisUrl | None = option(None, "Redis for the KV index (default: from REDIS_HOST)", "--redis-url")
     downloads: DownloadSettings = DownloadSettings()

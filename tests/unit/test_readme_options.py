@@ -7,7 +7,7 @@ import re
 import pytest
 from pydantic_core import PydanticUndefined
 
-from outrider.cli import REDIS_ENV, SERVE_OPTIONS, Option
+from outrider.cli import REDIS_ENV, SERVE_OPTIONS, Option, shown_default
 from tests.conftest import REPO
 
 BY_FLAG = {flag: o for o in SERVE_OPTIONS for flag in o.flags}
@@ -29,16 +29,6 @@ def table() -> list[tuple[list[Option], str, str]]:
             options = [BY_FLAG[f] for text in quoted(flags) for f in text.split("/")]
             rows.append((list(dict.fromkeys(options)), env, default))
     return rows
-
-
-def shown(o: Option) -> str | None:
-    """The field's default as the README writes it; None when the README describes it in words (none, off...)."""
-    value = o.info.default
-    if o.field in DERIVED or value is PydanticUndefined or isinstance(value, bool) or value in (None, "", ()):
-        return None
-    if isinstance(value, int) and value % 2**20 == 0:
-        return f"{value >> 20}MiB"
-    return ",".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def test_the_table_lists_every_flag_and_no_other() -> None:
@@ -65,5 +55,5 @@ def test_each_row_names_its_variables_and_defaults(options: list[Option], env: s
             assert "off" in default, o.field
         elif o.field in DERIVED:
             assert DERIVED[o.field] in default, o.field
-        elif shown(o) is not None:
-            assert shown(o) in quoted(default), (o.field, shown(o), default)
+        elif (shown := shown_default(o.info)) is not None:  # as `--help` shows it
+            assert shown in quoted(default), (o.field, shown, default)
