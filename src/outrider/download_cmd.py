@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import trio
-from tqdm import tqdm  # type: ignore[import-untyped]  # no py.typed; its values are Any here, like the SDKs
+from tqdm import tqdm
 
 from outrider.errors import InvalidRequest, OutriderError
 from outrider.settings import DownloadSettings

@@ -16,12 +16,13 @@ import httpx
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic.dataclasses import dataclass
 
+from outrider.metrics.concepts import PROFILES
 from outrider.sources.options import SourceOptions
 
 ENGINES = ("vllm", "sglang")
 # Kthena accepts this spelling for a vLLM that serves disaggregated prefill/decode; the APIs are vLLM's.
 ENGINE_ALIASES = {"vllmdisaggregated": "vllm"}
-METRICS_PROFILES = ("outrider", "kthena", "aibrix")
+METRICS_PROFILES = PROFILES  # the metrics package owns the name sets it can publish
 # Downloads: 16 MiB chunks keep per-request overhead (a ranged GET, a manifest entry) under 1% on any store while a
 # crash loses at most workers x 16 MiB; 8 workers saturate a 10 Gb/s link from S3-like stores in our measurements.
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
@@ -191,7 +192,7 @@ class Settings:
     scrape_interval: Seconds = option(1.0, "seconds between engine scrapes", "--scrape-interval")
     scrape_timeout: Seconds = option(2.0, "seconds one scrape may take", "--scrape-timeout")
     metrics_max_age: Seconds = option(3.0, "seconds a page stays fresh (default: 3 intervals)", "--metrics-max-age")
-    metrics_profiles: Profiles = option(("outrider",), "name sets: outrider, kthena, aibrix", "--metrics-profile")
+    metrics_profiles: Profiles = option(("outrider",), "name sets: outrider, kthena, aibrix, gie", "--metrics-profile")
     metrics_prefix: Prefix = option("outrider", "prefix of the unified names", "--metrics-prefix")
     log_level: LogLevel = option("info", "debug, info, warning or error (download: warning)", "--log-level")
     log_format: LogFormat | None = option(None, "json or text (default: json unless a terminal)", "--log-format")

@@ -49,6 +49,12 @@ def test_kthena_defaults() -> None:
     assert s.metrics_profiles == ("outrider",)
 
 
+def test_every_profile_the_metrics_package_publishes_is_accepted() -> None:
+    """The gie overlay starts the sidecar with `--metrics-profile outrider,gie`: the flag must take it."""
+    s = settings_for(["-E", "sglang", "--metrics-profile", "outrider,gie,kthena,aibrix"])
+    assert s.metrics_profiles == ("outrider", "gie", "kthena", "aibrix")
+
+
 def test_aibrix_env_spellings() -> None:
     s = settings_for(
         ["--port", "8080"],
