@@ -23,7 +23,8 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, EnvSettingsSource
 
 from outrider import __version__, download_cmd, logs
-from outrider.settings import DownloadSettings, LogFormat, LogLevel, Settings, SettingsError, option
+from outrider.option_types import LogFormat, LogLevel
+from outrider.settings import DownloadSettings, Settings, SettingsError, option
 from outrider.sources.options import SourceOptions, env_defaults
 from outrider.transfer.opener import SourceOpener
 

@@ -11,7 +11,8 @@ import pytest
 
 from outrider.cli import build_parser, serve_settings
 from outrider.errors import InvalidRequest, InvalidSource, SourceNotFound
-from outrider.settings import SettingsError, parse_size
+from outrider.option_types import size
+from outrider.settings import SettingsError
 from outrider.sources.base import VERIFY_COST, Checksum, RemoteFile
 from outrider.sources.s3 import checksum_from_head
 from outrider.transfer import state
@@ -245,5 +246,5 @@ def test_bad_download_settings_are_one_line(env: dict[str, str], needle: str) ->
 
 
 def test_sizes() -> None:
-    assert parse_size("16MiB", "x") == parse_size("16m", "x") == parse_size("16777216", "x") == 16 * 1024 * 1024
-    assert parse_size("512KiB", "x") == 512 * 1024
+    assert size("16MiB") == size("16m") == size("16777216") == 16 * 1024 * 1024
+    assert size("512KiB") == 512 * 1024

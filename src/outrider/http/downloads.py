@@ -26,8 +26,8 @@ from outrider.errors import InvalidRequest, OutriderError, error_body
 from outrider.http import models as m
 from outrider.http.body import config_field, json_object, required_string, strict_body, string_field
 from outrider.http.spec import describe
+from outrider.option_types import MAX_DOWNLOAD_WORKERS, parse_suffixes, size
 from outrider.runtime import Runtime
-from outrider.settings import MAX_DOWNLOAD_WORKERS, SettingsError, parse_size, parse_suffixes
 from outrider.transfer import state
 from outrider.transfer.jobs import DownloadRequest, Job, JobManager
 from outrider.transfer.paths import confine_off_loop
@@ -70,9 +70,9 @@ def _chunk_size(value: int | str | None) -> int | None:
     if value is None:
         return None
     try:
-        return parse_size(str(value), "chunk_size")
-    except SettingsError as exc:
-        raise InvalidRequest(str(exc), field="chunk_size") from None
+        return size(str(value))
+    except ValueError as exc:
+        raise InvalidRequest(f"chunk_size: {exc}", field="chunk_size") from None
 
 
 def _globs(value: str | list[str] | None) -> tuple[str, ...]:

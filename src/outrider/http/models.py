@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from outrider.adapters.names import MAX_NAME
-from outrider.settings import MAX_DOWNLOAD_WORKERS
+from outrider.option_types import MAX_DOWNLOAD_WORKERS
 
 # Longest URI, path or glob a request may carry; real ones are far shorter, and a bound keeps records small.
 MAX_URI = 4096

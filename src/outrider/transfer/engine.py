@@ -41,7 +41,7 @@ import trio
 
 from outrider.backoff import Backoff
 from outrider.errors import InsufficientStorage, OutriderError, SourceError, SourceTransientError, VerificationFailed
-from outrider.settings import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
+from outrider.option_types import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
 from outrider.sources.base import PIECE_SIZE, RemoteFile, Source
 from outrider.transfer import checksums, state, writeback
 from outrider.transfer.paths import join_under
