@@ -77,7 +77,7 @@ def bench(session: nox.Session) -> None:
     """Every benchmark, each printing figures against a peer measured in the same run."""
     ensure_apt(session, "wrk", "wrk")
     ensure_apt(session, "redis-server", "redis-server")
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,bench]")
     session.run("bash", str(ROOT / "bench" / "install_aibrix.sh"), str(AIBRIX_VENV), external=True)
     aibrix = str(AIBRIX_VENV / "bin" / "python")
     session.run("python", "bench/metrics_bench.py", "--aibrix-python", aibrix, *session.posargs)

