@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import trio
 
 from outrider.errors import SourceAccessDenied, SourceTransientError, VerificationFailed
 from outrider.sources.base import Checksum
-from outrider.transfer import download, engine, state, writeback
+from outrider.transfer import diskio, download, engine, state, writeback
 from outrider.transfer.checksums import SUPPORTED
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
@@ -381,7 +383,7 @@ async def test_each_finished_chunk_has_its_writeback_started(tmp_path: Path, mon
     data = os.urandom(4 * CHUNK + 100)
     source = MemorySource({"big.bin": data}, piece_size=PIECE)
     source.script.extend(["ok", "reset"])  # the second chunk is fetched in two attempts: still one whole range
-    await fetch(source, tmp_path / "m", FAST)
+    await fetch(source, tmp_path / "m", dataclasses.replace(FAST, direct_io=False))  # direct writes need none
     assert sorted(started) == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK), (3 * CHUNK, CHUNK), (4 * CHUNK, 100)]
     assert_tree(tmp_path / "m", {"big.bin": data})
 
@@ -449,4 +451,148 @@ async def test_one_file_is_written_by_one_thread_at_a_time(tmp_path: Path, monke
     await fetch(source, tmp_path / "m", TransferOptions(workers=8, chunk_size=CHUNK))
     assert len(locks) == 1 and locks[0].arriving > 1  # the probe above met a second writer at the lock
     assert most == 1
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+def _needs_direct_io(path: Path) -> None:
+    probe = path / "probe"
+    probe.write_bytes(b"")
+    if not diskio.direct_supported(probe):
+        pytest.skip("the test directory's file system does not take O_DIRECT")
+
+
+def _record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int, int]]:
+    """(through O_DIRECT, offset, length) of every write into a part file."""
+    writes: list[tuple[bool, int, int]] = []
+    real = engine._pwrite_all
+
+    def recorded(fd: int, data: bytes | memoryview, offset: int) -> None:
+        writes.append((bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT), offset, len(data)))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(engine, "_pwrite_all", recorded)
+    return writes
+
+
+async def test_direct_writes_stay_aligned_through_an_unaligned_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_direct_io(tmp_path)
+    writes = _record_writes(monkeypatch)
+    tail = 100_001
+    data = os.urandom(4 * CHUNK + tail)
+    source = MemorySource({"big.bin": data}, piece_size=10_000, checksum=None)
+    source.listed_checksums["big.bin"] = Checksum("crc32", f"{zlib.crc32(data):08x}")
+    # The last chunk breaks after 50,000 bytes: the retry starts at the aligned byte below that, 49,152.
+    source.script.extend(["ok"] * 4 + ["reset"])
+    await fetch(source, tmp_path / "m", dataclasses.replace(FAST, workers=1))
+    last = 4 * CHUNK
+    assert source.reads_of("big.bin")[-2:] == [(last, last + tail), (last + 49_152, last + tail)]
+    direct = [(offset, length) for through_direct, offset, length in writes if through_direct]
+    assert direct and all(offset % diskio.ALIGN == 0 and length % diskio.ALIGN == 0 for offset, length in direct)
+    assert sum(length for _, _, length in writes) == len(data)  # every byte written once, nothing twice
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+async def test_without_direct_io_files_go_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _record_writes(monkeypatch)
+    monkeypatch.setattr(diskio, "direct_supported", lambda path: False)  # as on tmpfs
+    data = os.urandom(3 * CHUNK + 5)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE)
+    await fetch(source, tmp_path / "m")
+    assert writes and not any(through_direct for through_direct, _, _ in writes)
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+async def test_a_file_hashed_by_reading_it_back_goes_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sha256 over several chunks is hashed in file order from the part file: from the page cache, not the disk.
+    _needs_direct_io(tmp_path)
+    writes = _record_writes(monkeypatch)
+    files = {"big.bin": os.urandom(3 * CHUNK), "sized.bin": os.urandom(3 * CHUNK)}
+    source = MemorySource(files, piece_size=PIECE)  # sha256 listed for each
+    source.listed_checksums["sized.bin"] = Checksum("crc32", f"{zlib.crc32(files['sized.bin']):08x}")
+    await fetch(source, tmp_path / "m")
+    by_direct = {through_direct for through_direct, _, _ in writes}
+    assert by_direct == {True, False}  # the CRC-checked file went direct, the sha256 one did not
+    assert_tree(tmp_path / "m", files)
+
+
+def _count_read_backs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(start, end) of every range the engine hashes by reading the part file back."""
+    ranges: list[tuple[int, int]] = []
+    real = engine._Run._hash_range
+
+    def counted(self: engine._Run, task: Any, digest: Any, start: int, end: int, halt: threading.Event) -> None:
+        ranges.append((start, end))
+        real(self, task, digest, start, end, halt)
+
+    monkeypatch.setattr(engine._Run, "_hash_range", counted)
+    return ranges
+
+
+@pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "crc64ecma", "crc64nvme"])
+async def test_crc_files_are_hashed_by_their_writers_without_reading_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
+) -> None:
+    from outrider.transfer.checksums import new_digest
+
+    read_back = _count_read_backs(monkeypatch)
+    data = os.urandom(5 * CHUNK + 777)
+    digest = new_digest(Checksum(algorithm, ""))
+    assert digest is not None
+    digest.update(data)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE, checksum=None)
+    source.listed_checksums["big.bin"] = Checksum(algorithm, digest.value())
+    await fetch(source, tmp_path / "m")
+    assert read_back == []
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+async def test_an_abandoned_chunk_is_hashed_again_from_the_part_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_back = _count_read_backs(monkeypatch)
+    data = os.urandom(4 * CHUNK)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE, checksum=None)
+    source.listed_checksums["big.bin"] = Checksum("crc32", f"{zlib.crc32(data):08x}")
+    source.script.extend(["ok", "stall"])  # chunk 1 hangs halfway; its thread may still feed the chunk's CRC
+    options = TransferOptions(workers=1, chunk_size=CHUNK, stall_timeout=0.3, backoff_initial=0.01)
+    try:
+        await fetch(source, tmp_path / "m", options)
+    finally:
+        source.release.set()
+    assert read_back == [(CHUNK, 2 * CHUNK)]
+    assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+async def test_resumed_chunks_are_hashed_once_from_the_part_file_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(8 * CHUNK)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE, checksum=None)
+    source.listed_checksums["big.bin"] = Checksum("crc32", f"{zlib.crc32(data):08x}")
+    source.script.extend(["ok"] * 3 + ["deny"])
+    options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=60)
+    with pytest.raises(SourceAccessDenied):
+        await fetch(source, tmp_path / "m", options)
+    part = tmp_path / "m" / "big.bin.part"
+    intact = part.read_bytes()
+    # Damage to a finished chunk (a bad disk, another writer) while nothing ran: the resumed run must notice.
+    with part.open("r+b") as fh:
+        fh.seek(CHUNK + 10)
+        fh.write(bytes([intact[CHUNK + 10] ^ 0xFF]))
+    with pytest.raises(VerificationFailed, match="crc32 mismatch"):
+        await fetch(source, tmp_path / "m", options)
+    assert not (tmp_path / "m" / "big.bin").exists()
+
+    source.script.extend(["ok"] * 3 + ["deny"])
+    with pytest.raises(SourceAccessDenied):
+        await fetch(source, tmp_path / "m", options)
+    read_back = _count_read_backs(monkeypatch)
+    await fetch(source, tmp_path / "m", options)
+    assert read_back == [(0, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 3 * CHUNK)]  # each resumed chunk once
     assert_tree(tmp_path / "m", {"big.bin": data})
