@@ -110,6 +110,15 @@ class SourceTransientError(SourceError):
     type = "source_unavailable"
 
 
+class SourceThrottled(SourceTransientError):
+    """The store asked us to slow down (503 SlowDown, 429): `retry_after` is the wait it named (Retry-After), in
+    seconds, or None where it named none."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class EngineRefused(OutriderError):
     """The engine answered a LoRA admin call with an error; the status and message are the engine's own.
 

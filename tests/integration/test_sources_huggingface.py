@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from outrider.errors import SourceAccessDenied, SourceNotFound, SourceTransientError
+from outrider.errors import SourceAccessDenied, SourceNotFound, SourceThrottled, SourceTransientError
 from outrider.sources import Source, SourceOptions, env_defaults, open_source, parse_source, resolve_options
 from tests.servers.huggingface import HubRepo, HubServer
 from tests.servers.moto import free_port
@@ -35,6 +35,7 @@ def healthy(hub: HubServer) -> Iterator[None]:
     hub.seen_auth.clear()
     yield
     hub.fail_status = None
+    hub.fail_retry_after = None
 
 
 def hf_source(hub: HubServer, source: str = "org/public-model", **changes: object) -> Source:
@@ -133,6 +134,15 @@ def test_server_errors_are_transient(hub: HubServer) -> None:
         hf_source(hub).list_files()
     with pytest.raises(SourceTransientError, match="500"):
         list(source.read_range(BIG, 0, 10))
+
+
+def test_a_throttled_read_carries_the_wait_the_hub_named(hub: HubServer) -> None:
+    source = hf_source(hub)
+    source.list_files()
+    hub.fail_status, hub.fail_retry_after = 429, "5"
+    with pytest.raises(SourceThrottled) as info:
+        list(source.read_range(BIG, 0, 10))
+    assert info.value.retry_after == 5.0
 
 
 def test_refused_connection_is_transient() -> None:

@@ -18,7 +18,13 @@ import trio
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from outrider.errors import SourceAccessDenied, SourceNotFound, SourceTransientError, VerificationFailed
+from outrider.errors import (
+    SourceAccessDenied,
+    SourceNotFound,
+    SourceThrottled,
+    SourceTransientError,
+    VerificationFailed,
+)
 from outrider.sources import Source
 from outrider.sources.base import PIECE_SIZE
 from outrider.transfer import download, state
@@ -27,7 +33,7 @@ from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
 from tests.integration.stores import moto_fixture, open_bucket
 from tests.servers.checksum_leak import ChecksumLeakProxy
-from tests.servers.faults import FaultServer
+from tests.servers.faults import FaultServer, ThrottlingProxy
 from tests.servers.moto import ADMIN, REGION, MotoServer, free_port
 from tests.servers.tree import BIG, BIG_RANGES, BIG_SIZE, md5_hex, model_tree, read_all
 
@@ -267,6 +273,59 @@ def test_server_errors_are_transient(moto: MotoServer, status: int) -> None:
         assert faults.requests == 2  # one attempt each: retrying is the transfer engine's job
     finally:
         faults.stop()
+
+
+@pytest.mark.parametrize(("status", "retry_after", "wait"), [(503, "2", 2.0), (429, None, None), (500, "3", 3.0)])
+def test_throttling_answers_carry_the_wait_the_store_named(
+    moto: MotoServer, status: int, retry_after: str | None, wait: float | None
+) -> None:
+    faults = FaultServer(status, retry_after=retry_after)
+    faults.start()
+    try:
+        source = s3_source(moto, endpoint=faults.url)
+        for call in (source.list_files, lambda: list(source.read_range(BIG, 0, 10))):
+            with pytest.raises(SourceThrottled) as info:
+                call()
+            assert info.value.retry_after == wait
+    finally:
+        faults.stop()
+
+
+def test_a_plain_500_is_transient_but_no_throttling(moto: MotoServer) -> None:
+    faults = FaultServer(500)
+    faults.start()
+    try:
+        with pytest.raises(SourceTransientError) as info:
+            list(s3_source(moto, endpoint=faults.url).read_range(BIG, 0, 10))
+        assert not isinstance(info.value, SourceThrottled)
+    finally:
+        faults.stop()
+
+
+async def test_a_slow_down_holds_every_read_of_the_download_for_its_retry_after(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """The first ranged GET is answered 503 SlowDown, Retry-After: 1. The download waits that second before any
+    new read, not only the throttled chunk's: N pods x workers retrying at once is how a throttle becomes a storm."""
+    proxy = ThrottlingProxy(moto.url, throttle=1, retry_after="1", delay=0.1)
+    proxy.start()
+    try:
+        source = s3_source(moto, endpoint=proxy.url)
+        options = TransferOptions(workers=4, chunk_size=256 * 1024, backoff_initial=0.01, backoff_max=0.05)
+        prepared = await trio.to_thread.run_sync(
+            download.prepare, source, Filters(), tmp_path / "m", options.chunk_size
+        )
+        await download.run(prepared, Transfer(options), download.progress_for(prepared, Progress()), threading.Event())
+    finally:
+        proxy.stop()
+    assert (tmp_path / "m" / BIG).read_bytes() == TREE[BIG]
+    [throttled] = proxy.throttled
+    # Reads already on their way when the answer came may arrive just after it; none starts within the second.
+    early = [t - throttled for t in proxy.gets if throttled + 0.2 < t < throttled + 1.0]
+    assert early == []
+    assert max(proxy.gets) >= throttled + 1.0
+    chunks = sum(-(-len(data) // options.chunk_size) for data in TREE.values() if data)
+    assert len(proxy.gets) == chunks + 1  # the one throttled read was retried once, nothing more
 
 
 def test_refused_connection_is_transient(moto: MotoServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,25 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+def forward(handler: BaseHTTPRequestHandler, upstream: tuple[str, int]) -> tuple[int, bytes, dict[str, str]]:
+    """Send the handler's request on to `upstream` unchanged (Host header included, so SigV4 signatures made for
+    the proxy's address still verify there); its answer's status, body and end-to-end headers."""
+    length = int(handler.headers.get("Content-Length") or 0)
+    body = handler.rfile.read(length) if length else None
+    connection = http.client.HTTPConnection(*upstream, timeout=30)
+    try:
+        connection.request(handler.command, handler.path, body=body, headers=dict(handler.headers.items()))
+        response = connection.getresponse()
+        data = response.read()
+        headers = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP}
+    finally:
+        connection.close()
+    return response.status, data, headers
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -11,12 +11,9 @@ endpoint behind it. Only `x-amz-checksum-crc32` is added, with the value in `che
 
 from __future__ import annotations
 
-import http.client
 from urllib.parse import urlsplit
 
-from tests.servers._threaded import QuietHandler, ThreadedServer
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+from tests.servers._threaded import QuietHandler, ThreadedServer, forward
 
 
 class ChecksumLeakProxy(ThreadedServer):
@@ -31,22 +28,13 @@ class ChecksumLeakProxy(ThreadedServer):
 class _Handler(QuietHandler):
     def _forward(self) -> None:
         app: ChecksumLeakProxy = self.server.app  # type: ignore[attr-defined]
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        connection = http.client.HTTPConnection(*app.upstream, timeout=30)
-        try:
-            connection.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
-            response = connection.getresponse()
-            data = response.read()
-            headers = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP}
-        finally:
-            connection.close()
+        status, data, headers = forward(self, app.upstream)
         path = urlsplit(self.path).path
         asked = (self.headers.get("x-amz-checksum-mode") or "").upper() == "ENABLED"
-        ranged = self.command == "GET" and self.headers.get("Range") and response.status == 206
+        ranged = self.command == "GET" and self.headers.get("Range") and status == 206
         if ranged and asked and path in app.checksums:
             headers["x-amz-checksum-crc32"] = app.checksums[path]
             app.leaked += 1
-        self.reply(response.status, data, headers)
+        self.reply(status, data, headers)
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward

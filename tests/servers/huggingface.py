@@ -74,6 +74,7 @@ class HubServer(ThreadedServer):
         self.token = token
         self.repos: dict[str, HubRepo] = {}
         self.fail_status: int | None = None
+        self.fail_retry_after: str | None = None  # the Retry-After header sent with a forced failure
         self.seen_auth: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
         self.blobs: dict[str, bytes] = {}
@@ -94,10 +95,12 @@ class _HubHandler(QuietHandler):
     def hub(self) -> HubServer:
         return self.server.app  # type: ignore[attr-defined, no-any-return]
 
-    def _error(self, status: int, code: str | None, message: str) -> None:
+    def _error(self, status: int, code: str | None, message: str, retry_after: str | None = None) -> None:
         headers = {"Content-Type": "application/json", "X-Error-Message": message}
         if code:
             headers["X-Error-Code"] = code
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
         self.reply(status, json.dumps({"error": message}).encode(), headers)
 
     def _authorize(self, repo_id: str) -> HubRepo | None:
@@ -120,7 +123,7 @@ class _HubHandler(QuietHandler):
         url = urlsplit(self.path)
         self.hub.record(url.path, self.headers.get("Authorization"))
         if self.hub.fail_status is not None:
-            self._error(self.hub.fail_status, None, "forced failure")
+            self._error(self.hub.fail_status, None, "forced failure", self.hub.fail_retry_after)
             return
         parts = url.path.split("/")
         if url.path.startswith("/api/models/"):

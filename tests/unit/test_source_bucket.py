@@ -7,7 +7,8 @@ from collections.abc import Generator
 
 import pytest
 
-from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
+from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceThrottled, SourceTransientError
+from outrider.sources._common import retry_after_seconds
 from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile
 from outrider.sources.bucket import BucketSource, Failure, Listed, Page, RangeBody
 from outrider.sources.options import SourceOptions
@@ -134,7 +135,10 @@ def test_an_empty_prefix_is_not_found_and_an_escaping_key_is_refused() -> None:
         (Refused("SignatureDoesNotMatch", 400), SourceAccessDenied, "SignatureDoesNotMatch"),
         (Refused("", 403), SourceAccessDenied, "403"),
         (Refused("NoSuchBucket", 400), SourceNotFound, "NoSuchBucket"),
-        (Refused("SlowDown", 503), SourceTransientError, "SlowDown"),
+        (Refused("SlowDown", 503), SourceThrottled, "SlowDown"),
+        (Refused("", 429), SourceThrottled, "429"),
+        (Refused("RequestLimitExceeded", 400), SourceThrottled, "RequestLimitExceeded"),
+        (Refused("InternalError", 500), SourceTransientError, "InternalError"),
         (Refused("Odd", 400), SourceError, "Odd"),
         (ConnectionError(f"refused {SECRET}"), SourceTransientError, "refused"),
         (ValueError(f"bad {SECRET}"), SourceError, "ValueError: bad"),
@@ -171,3 +175,20 @@ def test_a_short_body_and_a_refused_read_are_mapped() -> None:
     store.fail["m/f"] = Refused("NoSuchKey", 404)
     with pytest.raises(SourceNotFound, match="dict://bucket/m: read f: NoSuchKey"):
         list(store.read_range("f", 0, 1))
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 0 ", 0.0),
+        ("Thu, 01 Jan 1970 00:00:30 GMT", 20.0),  # an HTTP date, 20 s after "now" below
+        ("Thu, 01 Jan 1970 00:00:05 GMT", 0.0),  # a date already past: no wait
+        ("soon", None),
+        ("-3", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_a_date(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header, now=10.0) == seconds

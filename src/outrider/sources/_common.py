@@ -5,6 +5,8 @@ What only bucket stores share (keys under a prefix, the S3 dialect's error codes
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Iterable, Iterator
 
 from outrider.errors import InvalidRequest, SourceTransientError
@@ -13,6 +15,8 @@ from outrider.sources.options import SourceOptions
 
 # HTTP statuses a retry may fix besides 5xx: request timeout and throttling.
 TRANSIENT_STATUSES = frozenset({408, 429})
+# Statuses that mean "too many requests, slow down" (S3's SlowDown is a 503) rather than a failure.
+THROTTLE_STATUSES = frozenset({429, 503})
 # Extra connections beyond the worker count: listing and metadata calls run beside the ranged reads.
 POOL_HEADROOM = 4
 # Seconds to wait for a connection, and for bytes on an open one, before calling the attempt failed.
@@ -51,6 +55,21 @@ def repieced(chunks: Iterable[bytes], expected: int, display: str, path: str) ->
             return
     if got < expected:
         raise SourceTransientError(f"{display}: {path}: body ended after {got} of {expected} bytes")
+
+
+def retry_after_seconds(value: object, now: float | None = None) -> float | None:
+    """A Retry-After header's wait in seconds (RFC 9110: delta-seconds or an HTTP date), or None when absent or
+    unreadable. A date in the past is no wait at all."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def secrets_of(options: SourceOptions) -> tuple[str, ...]:

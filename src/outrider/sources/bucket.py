@@ -16,8 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, NoReturn, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
-from outrider.sources._common import TRANSIENT_STATUSES, check_range, check_relative_path, repieced, scrub, secrets_of
+from outrider.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceThrottled, SourceTransientError
+from outrider.sources._common import (
+    THROTTLE_STATUSES,
+    TRANSIENT_STATUSES,
+    check_range,
+    check_relative_path,
+    repieced,
+    scrub,
+    secrets_of,
+)
 from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
 from outrider.sources.options import SourceOptions
 from outrider.sources.uri import BucketRef
@@ -25,6 +33,10 @@ from outrider.sources.uri import BucketRef
 # Error codes the S3 dialect shares (S3, OBS and TOS all answer with these).
 NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NotFound"})
 DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
+# Codes that ask the client to slow down (S3, OBS and TOS spellings, and AWS's generic ones).
+THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestThrottled"}
+)
 # Metadata requests in flight at once while listing: a tree has a handful of files, a bucket may have thousands.
 HEAD_THREADS = 8
 
@@ -85,13 +97,19 @@ def store_error(
     denied: frozenset[str] = DENIED_CODES,
     not_found: frozenset[str] = NOT_FOUND_CODES,
     transient: frozenset[str] = frozenset(),
+    retry_after: float | None = None,
 ) -> SourceError:
-    """The source error for a store's answer: its error code first, then its HTTP status."""
+    """The source error for a store's answer: its error code first, then its HTTP status. A throttling answer (a
+    slow-down code, 429/503, or any transient answer naming a Retry-After) is `SourceThrottled`, with that wait."""
     if code in denied or status in (401, 403):
         return SourceAccessDenied(message)
     if code in not_found or status == 404:
         return SourceNotFound(message)
+    if code in THROTTLE_CODES or status in THROTTLE_STATUSES:
+        return SourceThrottled(message, retry_after=retry_after)
     if status >= 500 or status in TRANSIENT_STATUSES or code in transient:
+        if retry_after is not None:
+            return SourceThrottled(message, retry_after=retry_after)
         return SourceTransientError(message)
     return SourceError(message)
 
@@ -136,11 +154,12 @@ class Failure:
     code: str = ""
     status: int = 0
     error: type[SourceError] = SourceError
+    retry_after: float | None = None  # seconds, from the answer's Retry-After header
 
     @classmethod
-    def answer(cls, code: str, status: int, message: str | None) -> Failure:
-        """The store's error answer: its error code (or status) and message."""
-        return cls(f"{code or status}: {message or 'no message'}", code, status)
+    def answer(cls, code: str, status: int, message: str | None, retry_after: float | None = None) -> Failure:
+        """The store's error answer: its error code (or status), message and Retry-After, if any."""
+        return cls(f"{code or status}: {message or 'no message'}", code, status, retry_after=retry_after)
 
     @classmethod
     def transient(cls, detail: str) -> Failure:
@@ -269,5 +288,6 @@ class BucketSource(Source):
                 denied=self.denied_codes,
                 not_found=self.not_found_codes,
                 transient=self.transient_codes,
+                retry_after=failure.retry_after,
             ) from None
         raise failure.error(message) from None

@@ -28,15 +28,24 @@ from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, documented; not in __all__
 
-from outrider.errors import InvalidRequest, SourceAccessDenied, SourceError, SourceNotFound, SourceTransientError
+from outrider.errors import (
+    InvalidRequest,
+    SourceAccessDenied,
+    SourceError,
+    SourceNotFound,
+    SourceThrottled,
+    SourceTransientError,
+)
 from outrider.sources._common import (
     CONNECT_TIMEOUT,
     POOL_HEADROOM,
     READ_TIMEOUT,
+    THROTTLE_STATUSES,
     TRANSIENT_STATUSES,
     check_range,
     check_relative_path,
     repieced,
+    retry_after_seconds,
     scrub,
     secrets_of,
 )
@@ -145,6 +154,8 @@ class HuggingFaceSource(Source):
             raise SourceAccessDenied(message)
         if status == 404:
             raise SourceNotFound(message)
+        if status in THROTTLE_STATUSES:
+            raise SourceThrottled(message, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         if status >= 500 or status in TRANSIENT_STATUSES:
             raise SourceTransientError(message)
         raise SourceError(message)

@@ -32,7 +32,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 
 from outrider.errors import SourceAccessDenied
-from outrider.sources._common import CONNECT_TIMEOUT, POOL_HEADROOM, READ_TIMEOUT
+from outrider.sources._common import CONNECT_TIMEOUT, POOL_HEADROOM, READ_TIMEOUT, retry_after_seconds
 from outrider.sources.base import VERIFY_COST, Checksum, RemoteFile
 from outrider.sources.bucket import (
     DENIED_CODES,
@@ -160,8 +160,10 @@ class S3Source(BucketSource):
     def _failure(self, exc: Exception) -> Failure | None:
         if isinstance(exc, botocore.exceptions.ClientError):
             error: dict[str, Any] = exc.response.get("Error", {})
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            return Failure.answer(str(error.get("Code", "")), status, error.get("Message"))
+            metadata: dict[str, Any] = exc.response.get("ResponseMetadata", {})
+            status = int(metadata.get("HTTPStatusCode", 0) or 0)
+            retry_after = retry_after_seconds((metadata.get("HTTPHeaders") or {}).get("retry-after"))
+            return Failure.answer(str(error.get("Code", "")), status, error.get("Message"), retry_after)
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return Failure("no credentials were given and none were found", error=SourceAccessDenied)
         if isinstance(exc, _TRANSPORT_ERRORS):

@@ -21,6 +21,8 @@ Resources and errors:
   file descriptor, so an abandoned thread can never write through a reused descriptor number.
 - A `SourceTransientError` is retried for that chunk from the byte it got to, with exponential backoff and jitter,
   up to `max_attempts` failures in a row without progress. Any other `SourceError` fails the download at once.
+  When the store says slow down (`SourceThrottled`: 503 SlowDown, 429), the wait is at least its Retry-After, and
+  no read of the whole run starts until the wait is over.
 - A read that delivers nothing for `stall_timeout` seconds is abandoned (its thread told to stop) and retried:
   stores are expected to time out their own reads, this is the backstop.
 - Cancellation (trio) abandons the reading and hashing threads at once and sets their stop flags (they stop within
@@ -42,6 +44,7 @@ import errno
 import functools
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,7 +53,14 @@ from pathlib import Path
 import trio
 
 from outrider.backoff import Backoff
-from outrider.errors import InsufficientStorage, OutriderError, SourceError, SourceTransientError, VerificationFailed
+from outrider.errors import (
+    InsufficientStorage,
+    OutriderError,
+    SourceError,
+    SourceThrottled,
+    SourceTransientError,
+    VerificationFailed,
+)
 from outrider.option_types import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
 from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
 from outrider.transfer import checksums, diskio, state, writeback
@@ -58,6 +68,13 @@ from outrider.transfer.paths import join_under
 from outrider.transfer.progress import FileProgress, Progress
 
 log = logging.getLogger(__name__)
+
+# The longest a store's Retry-After is honoured for: past this, an endpoint (misconfigured, or one a request named)
+# could park a download indefinitely; a stalled read is given up after 120 s (stall_timeout) too.
+RETRY_AFTER_CAP = 60.0
+# A Retry-After wait is lengthened by up to this fraction, at random: every client the store throttled was told the
+# same number, and coming back all at once would throttle them all again.
+RETRY_AFTER_SPREAD = 0.25
 
 # Verification reads whole files back and hashes them: CPU-bound, so no more of them than this at once
 # (and not under the network limiter, where a hash pass would hold a ranged-read slot idle).
@@ -285,6 +302,8 @@ class _Run:
         # Held while manifests are written, so a file's manifest is not rewritten after its publish removed it.
         self.flush_lock = trio.Lock()
         self.scope = trio.CancelScope()  # replaced by the run's nursery scope
+        # trio time before which no read starts: the store said slow down (see _hold_off).
+        self.hold_until = 0.0
         self.work: trio.Nursery
 
     async def go(self, files: list[RemoteFile], workers: int) -> None:
@@ -399,6 +418,7 @@ class _Run:
         while True:
             attempt = _Attempt(pos, end, task.chunks[index][0], index)
             try:
+                await self._held()
                 await self._run_attempt(task, attempt)
                 return
             except SourceTransientError as exc:
@@ -409,11 +429,31 @@ class _Run:
                     ) from None
                 # Jittered: the chunks of one download fail together when the store throttles.
                 delay = Backoff(self.opts.backoff_initial, self.opts.backoff_max).delay(failures)
+                if isinstance(exc, SourceThrottled):
+                    delay = self._hold_off(exc, delay)
                 log.info("%s: %s; retrying in %.2fs", task.remote.path, exc.message, delay)
                 await trio.sleep(delay)
             finally:
                 attempt.cancelled = True  # whatever happened, that thread must not write any more
             pos = attempt.pos
+
+    def _hold_off(self, exc: SourceThrottled, delay: float) -> float:
+        """The store said slow down: how long this chunk waits, and the whole run with it.
+
+        At least the Retry-After it named (capped: RETRY_AFTER_CAP), spread upwards by up to RETRY_AFTER_SPREAD so
+        that the many clients it told the same thing do not all come back in the same instant. And no read of this
+        run starts before then: without that, one throttled answer would meet `workers - 1` more requests from us,
+        each to be throttled in turn, and N pods multiply that into a retry storm."""
+        if exc.retry_after is not None:
+            asked = min(exc.retry_after, RETRY_AFTER_CAP)
+            delay = max(delay, asked * (1.0 + RETRY_AFTER_SPREAD * random.random()))
+        self.hold_until = max(self.hold_until, trio.current_time() + delay)
+        return delay
+
+    async def _held(self) -> None:
+        """Wait while the store's last slow-down holds (returns at once otherwise)."""
+        if self.hold_until > trio.current_time():
+            await trio.sleep_until(self.hold_until)
 
     async def _run_attempt(self, task: _FileTask, attempt: _Attempt) -> None:
         with trio.CancelScope() as scope:
