@@ -24,7 +24,13 @@ above OTHER_WARN cores is flagged `*`, since the server and the client share thi
 Goals printed as met / not met (issue #17): outrider >= 95% of raw's MB/s and >= s5cmd's, CPU <= 1.2x raw's,
 peak RSS < 200 MiB, on both sets.
 
+Many pods, one store: then N = 1, 2, 4, 8 outrider processes (and, as the peer, N s5cmd processes) start at once,
+each fetching the same 1 GiB model (4 x 256 MiB) into its own directory, as the replicas of a rollout do. Per N:
+each process's MB/s (median and slowest), the total, the requests per second the store answered, and CPU seconds
+per GB fetched (the clients' and the store's); medians of --pod-rounds rounds, plotted to --plot (PNG).
+
     python bench/download_bench.py [--aibrix-python PY] [--rounds 5] [--quick] [--json out.json]
+        [--pods 1,2,4,8] [--pod-rounds 3] [--no-compare] [--plot bench/download_pods.png]
 """
 
 from __future__ import annotations
@@ -304,52 +310,202 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller datasets (512 MiB, 8 x 64 MiB), 1 round")
     parser.add_argument("--only", help="comma-separated contenders to run (default: all)")
+    parser.add_argument("--pods", default="1,2,4,8", help="process counts for the many-pods runs ('' for none)")
+    parser.add_argument("--pod-rounds", type=int, default=3)
+    parser.add_argument("--no-compare", action="store_true", help="only the many-pods runs")
+    parser.add_argument("--plot", default=str(ROOT / "bench" / "download_pods.png"), help="the many-pods plot (PNG)")
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--scratch", help="directory for data and downloads (default: a temporary one)")
     args = parser.parse_args()
     big, shard = (512 * MIB, 64 * MIB) if args.quick else (2048 * MIB, 256 * MIB)
     rounds = 1 if args.quick else args.rounds
+    pods = [int(n) for n in args.pods.split(",") if n]
     datasets = {
         "single": [("model.safetensors", big)],
         "tree": [(f"model-{i + 1:05d}-of-00008.safetensors", shard) for i in range(8)],
+        # The many-pods model: 1 GiB, so that 8 pods' copies (8 GiB of writes) stay a short run.
+        "pods": [(f"model-{i + 1:05d}-of-00004.safetensors", shard // 4 if args.quick else shard) for i in range(4)],
     }
+    if args.no_compare:
+        datasets = {"pods": datasets["pods"]}
+    if not pods:
+        datasets.pop("pods", None)
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="outrider-dlbench-"))
     store = Store(ensure_s3rver(Path(args.s3rver_dir)), scratch / "s3rver", scratch / "s3rver.log")
     env = {**os.environ, **KEYS, "AWS_ENDPOINT_URL": store.endpoint}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    many: dict[str, dict[int, list[dict[str, Any]]]] = {}
     try:
         upload(store.endpoint, datasets, scratch, env)
         runners = contenders(args, store.endpoint)
-        if args.only:
-            runners = {name: runners[name] for name in args.only.split(",")}
-        names = list(runners)
-        for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for ds, files in datasets.items():
-                for name in order:
-                    dest = scratch / "dest" / name
-                    shutil.rmtree(dest, ignore_errors=True)
-                    os.sync()
-                    m = measure([runners[name](ds, str(dest))], env, store)
-                    m["rss_mib"] = m["runs"][0]["rss_mib"]
-                    check_sizes(dest, files)
-                    m["mb_s"] = sum(s for _, s in files) / 1e6 / m["wall"]
-                    results.setdefault(name, {}).setdefault(ds, []).append(m)
-                    print(
-                        f"round {r + 1} {ds:6} {name:13} {m['mb_s']:8.1f} MB/s  cpu {m['cpu']:6.2f}s  "
-                        f"rss {m['rss_mib']:6.1f} MiB  store {m['store_cpu']:5.2f}s {m['requests']:4} req  "
-                        f"other {m['other']:4.2f} cores",
-                        flush=True,
-                    )
-                    shutil.rmtree(dest, ignore_errors=True)
+        if not args.no_compare:
+            compare(args, runners, datasets, rounds, scratch, env, store, results)
+        if pods:
+            many = many_pods(runners, datasets["pods"], pods, args.pod_rounds, scratch, env, store)
     finally:
         store.stop()
-    report(results)
+    if results:
+        report(results)
+    if many:
+        report_pods(many, sum(size for _, size in datasets["pods"]), args.plot)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"compare": results, "pods": many}, indent=1))
     if not args.scratch:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def compare(
+    args: argparse.Namespace,
+    runners: dict[str, Any],
+    datasets: dict[str, list[tuple[str, int]]],
+    rounds: int,
+    scratch: Path,
+    env: dict[str, str],
+    store: Store,
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+) -> None:
+    """Every contender on the 2 GiB file and the tree, one at a time, interleaved."""
+    if args.only:
+        runners = {name: runners[name] for name in args.only.split(",")}
+    names = list(runners)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for ds in ("single", "tree"):
+            files = datasets[ds]
+            for name in order:
+                dest = scratch / "dest" / name
+                shutil.rmtree(dest, ignore_errors=True)
+                os.sync()
+                m = measure([runners[name](ds, str(dest))], env, store)
+                m["rss_mib"] = m["runs"][0]["rss_mib"]
+                check_sizes(dest, files)
+                m["mb_s"] = sum(s for _, s in files) / 1e6 / m["wall"]
+                results.setdefault(name, {}).setdefault(ds, []).append(m)
+                print(
+                    f"round {r + 1} {ds:6} {name:13} {m['mb_s']:8.1f} MB/s  cpu {m['cpu']:6.2f}s  "
+                    f"rss {m['rss_mib']:6.1f} MiB  store {m['store_cpu']:5.2f}s {m['requests']:4} req  "
+                    f"other {m['other']:4.2f} cores",
+                    flush=True,
+                )
+                shutil.rmtree(dest, ignore_errors=True)
+
+
+# Who runs as many pods: outrider as it ships (default verification), and s5cmd as the peer.
+POD_CONTENDERS = ("outrider", "s5cmd")
+
+
+def many_pods(
+    runners: dict[str, Any],
+    files: list[tuple[str, int]],
+    counts: list[int],
+    rounds: int,
+    scratch: Path,
+    env: dict[str, str],
+    store: Store,
+) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """N processes started together, each fetching the same model into its own directory, as N replicas of a
+    rollout do against one bucket. Per N: each process's MB/s, the total, the store's requests/s and CPU per GB."""
+    names = [name for name in POD_CONTENDERS if name in runners]
+    size = sum(s for _, s in files)
+    out: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for r in range(rounds):
+        for n in counts:
+            for name in names if r % 2 == 0 else names[::-1]:
+                dests = [scratch / "dest" / "pods" / name / str(i) for i in range(n)]
+                for dest in dests:
+                    shutil.rmtree(dest, ignore_errors=True)
+                os.sync()
+                m = measure([runners[name]("pods", str(dest)) for dest in dests], env, store)
+                for dest in dests:
+                    check_sizes(dest, files)
+                    shutil.rmtree(dest, ignore_errors=True)
+                per_pod = [size / 1e6 / run["wall"] for run in m["runs"]]
+                m["pod_mb_s"] = statistics.median(per_pod)
+                m["slowest_pod_mb_s"] = min(per_pod)
+                m["total_mb_s"] = n * size / 1e6 / m["wall"]
+                m["requests_s"] = m["requests"] / m["wall"]
+                m["cpu_per_gb"] = m["cpu"] / (n * size / 1e9)
+                m["store_cpu_per_gb"] = m["store_cpu"] / (n * size / 1e9)
+                m["rss_mib"] = max(run["rss_mib"] for run in m["runs"])
+                out.setdefault(name, {}).setdefault(n, []).append(m)
+                print(
+                    f"round {r + 1} pods={n} {name:9} per pod {m['pod_mb_s']:6.1f} MB/s (slowest "
+                    f"{m['slowest_pod_mb_s']:6.1f})  total {m['total_mb_s']:6.1f} MB/s  {m['requests_s']:5.1f} req/s  "
+                    f"cpu {m['cpu_per_gb']:4.2f} s/GB  store {m['store_cpu_per_gb']:4.2f} s/GB  "
+                    f"other {m['other']:4.2f} cores",
+                    flush=True,
+                )
+    return out
+
+
+def report_pods(many: dict[str, dict[int, list[dict[str, Any]]]], size: int, plot: str) -> None:
+    def med(name: str, n: int, key: str) -> float:
+        return float(statistics.median(m[key] for m in many[name][n]))
+
+    print(
+        f"\nmany pods, one store: each pod fetches the same {size / 2**30:g} GiB model (medians of "
+        f"{min(len(v) for runs in many.values() for v in runs.values())} rounds)"
+    )
+    print(
+        f"{'who':9} {'pods':>4} {'MB/s/pod':>8} {'slowest':>7} {'total':>7} {'req/s':>6} {'CPU s/GB':>8} "
+        f"{'store s/GB':>10} {'RSS MiB':>7} {'other':>6}"
+    )
+    for name, runs in many.items():
+        for n in runs:
+            other = med(name, n, "other")
+            print(
+                f"{name:9} {n:4} {med(name, n, 'pod_mb_s'):8.1f} {med(name, n, 'slowest_pod_mb_s'):7.1f} "
+                f"{med(name, n, 'total_mb_s'):7.1f} {med(name, n, 'requests_s'):6.1f} "
+                f"{med(name, n, 'cpu_per_gb'):8.2f} {med(name, n, 'store_cpu_per_gb'):10.2f} "
+                f"{max(m['rss_mib'] for m in runs[n]):7.1f} {other:5.2f}{'*' if other > OTHER_WARN else ' '}"
+            )
+    if "outrider" in many and len(many["outrider"]) > 1:
+        counts = sorted(many["outrider"])
+        first, last = counts[0], counts[-1]
+        growth = med("outrider", last, "cpu_per_gb") / med("outrider", first, "cpu_per_gb")
+        print(f"outrider CPU per GB at {last} pods / at {first}: {growth:.2f} (flat is 1.00)")
+    draw(many, plot)
+
+
+def draw(many: dict[str, dict[int, list[dict[str, Any]]]], path: str) -> None:
+    """Total and per-pod MB/s, the store's requests/s, and client and store CPU per GB, against the number of pods."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: the bench never opens a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install matplotlib): no plot")
+        return
+    fig, (speed, requests, cost) = plt.subplots(1, 3, figsize=(14, 4.2))
+    for index, (name, runs) in enumerate(many.items()):
+        counts = sorted(runs)
+        color = f"C{index}"  # one colour per contender; solid and dashed lines tell its two series apart
+
+        def med(key: str, runs: dict[int, list[dict[str, Any]]] = runs, counts: list[int] = counts) -> list[float]:
+            return [float(statistics.median(m[key] for m in runs[n])) for n in counts]
+
+        speed.plot(counts, med("total_mb_s"), marker="o", color=color, label=f"{name}: total")
+        speed.plot(counts, med("pod_mb_s"), marker="o", color=color, linestyle="--", label=f"{name}: per pod")
+        requests.plot(counts, med("requests_s"), marker="o", color=color, label=name)
+        cost.plot(counts, med("cpu_per_gb"), marker="o", color=color, label=f"{name}: its own CPU")
+        cost.plot(counts, med("store_cpu_per_gb"), marker="o", color=color, linestyle="--", label=f"{name}: store's")
+    panels = ((speed, "MB/s"), (requests, "requests/s the store answered"), (cost, "CPU seconds per GB fetched"))
+    for axes, label in panels:
+        axes.set_xlabel("concurrent download processes (pods)")
+        axes.set_ylabel(label)
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(sorted({n for runs in many.values() for n in runs}))
+        axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    fig.suptitle("Many pods, one store (s3rver on loopback, 2 cores shared by store and clients)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"plot: {path}")
 
 
 def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
