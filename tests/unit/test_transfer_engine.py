@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ import trio
 
 from outrider.errors import SourceAccessDenied, SourceTransientError, VerificationFailed
 from outrider.sources.base import Checksum
-from outrider.transfer import diskio, download, engine, state, writeback
+from outrider.transfer import download, engine, state, writeback
 from outrider.transfer.checksums import SUPPORTED
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
@@ -383,7 +382,7 @@ async def test_each_finished_chunk_has_its_writeback_started(tmp_path: Path, mon
     data = os.urandom(4 * CHUNK + 100)
     source = MemorySource({"big.bin": data}, piece_size=PIECE)
     source.script.extend(["ok", "reset"])  # the second chunk is fetched in two attempts: still one whole range
-    await fetch(source, tmp_path / "m", dataclasses.replace(FAST, direct_io=False))  # direct writes need none
+    await fetch(source, tmp_path / "m", FAST)
     assert sorted(started) == [(0, CHUNK), (CHUNK, CHUNK), (2 * CHUNK, CHUNK), (3 * CHUNK, CHUNK), (4 * CHUNK, 100)]
     assert_tree(tmp_path / "m", {"big.bin": data})
 
@@ -452,73 +451,6 @@ async def test_one_file_is_written_by_one_thread_at_a_time(tmp_path: Path, monke
     assert len(locks) == 1 and locks[0].arriving > 1  # the probe above met a second writer at the lock
     assert most == 1
     assert_tree(tmp_path / "m", {"big.bin": data})
-
-
-def _needs_direct_io(path: Path) -> None:
-    probe = path / "probe"
-    probe.write_bytes(b"")
-    if not diskio.direct_supported(probe):
-        pytest.skip("the test directory's file system does not take O_DIRECT")
-
-
-def _record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int, int]]:
-    """(through O_DIRECT, offset, length) of every write into a part file."""
-    writes: list[tuple[bool, int, int]] = []
-    real = engine._pwrite_all
-
-    def recorded(fd: int, data: bytes | memoryview, offset: int) -> None:
-        writes.append((bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT), offset, len(data)))
-        real(fd, data, offset)
-
-    monkeypatch.setattr(engine, "_pwrite_all", recorded)
-    return writes
-
-
-async def test_direct_writes_stay_aligned_through_an_unaligned_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _needs_direct_io(tmp_path)
-    writes = _record_writes(monkeypatch)
-    tail = 100_001
-    data = os.urandom(4 * CHUNK + tail)
-    source = MemorySource({"big.bin": data}, piece_size=10_000, checksum=None)
-    source.listed_checksums["big.bin"] = Checksum("crc32", f"{zlib.crc32(data):08x}")
-    # The last chunk breaks after 50,000 bytes: the retry starts at the aligned byte below that, 49,152.
-    source.script.extend(["ok"] * 4 + ["reset"])
-    await fetch(source, tmp_path / "m", dataclasses.replace(FAST, workers=1))
-    last = 4 * CHUNK
-    assert source.reads_of("big.bin")[-2:] == [(last, last + tail), (last + 49_152, last + tail)]
-    direct = [(offset, length) for through_direct, offset, length in writes if through_direct]
-    assert direct and all(offset % diskio.ALIGN == 0 and length % diskio.ALIGN == 0 for offset, length in direct)
-    assert sum(length for _, _, length in writes) == len(data)  # every byte written once, nothing twice
-    assert_tree(tmp_path / "m", {"big.bin": data})
-
-
-async def test_without_direct_io_files_go_through_the_page_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes = _record_writes(monkeypatch)
-    monkeypatch.setattr(diskio, "direct_supported", lambda path: False)  # as on tmpfs
-    data = os.urandom(3 * CHUNK + 5)
-    source = MemorySource({"big.bin": data}, piece_size=PIECE)
-    await fetch(source, tmp_path / "m")
-    assert writes and not any(through_direct for through_direct, _, _ in writes)
-    assert_tree(tmp_path / "m", {"big.bin": data})
-
-
-async def test_a_file_hashed_by_reading_it_back_goes_through_the_page_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # sha256 over several chunks is hashed in file order from the part file: from the page cache, not the disk.
-    _needs_direct_io(tmp_path)
-    writes = _record_writes(monkeypatch)
-    files = {"big.bin": os.urandom(3 * CHUNK), "sized.bin": os.urandom(3 * CHUNK)}
-    source = MemorySource(files, piece_size=PIECE)  # sha256 listed for each
-    source.listed_checksums["sized.bin"] = Checksum("crc32", f"{zlib.crc32(files['sized.bin']):08x}")
-    await fetch(source, tmp_path / "m")
-    by_direct = {through_direct for through_direct, _, _ in writes}
-    assert by_direct == {True, False}  # the CRC-checked file went direct, the sha256 one did not
-    assert_tree(tmp_path / "m", files)
 
 
 def _count_read_backs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:

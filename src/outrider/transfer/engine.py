@@ -2,9 +2,12 @@
 
 Every file is cut into chunks of `chunk_size` bytes. `workers` trio tasks take chunks in file order (so the first
 files finish, and are published, first) and fetch each in one worker thread: the thread iterates the source's
-`read_range`, gathers the pieces in its own PIECE_SIZE buffer and `os.pwrite`s each full buffer at its offset into
-`<file>.part`, with O_DIRECT where the file system takes it (diskio.py says why), checking a stop flag between
-pieces. Memory is therefore bounded by threads x PIECE_SIZE whatever the model size.
+`read_range` and `os.pwrite`s each piece (<= PIECE_SIZE) at its offset into `<file>.part`, checking a stop flag
+between pieces. Memory is therefore bounded by workers x PIECE_SIZE whatever the model size.
+
+Writes go through the page cache. O_DIRECT was measured (bench/README.md): it saved a third of the CPU (2.03
+against 2.97 CPU-s for 2 GiB, sizes only) but cost 15-27% of the MB/s, since every write then waits for the disk
+while the page cache lets the network run ahead of the writeback started per chunk.
 
 Checksums are computed from the bytes as they are written, never by a pass after the download:
 - a file of one chunk is hashed by the thread that writes it;
@@ -62,7 +65,7 @@ from outrider.errors import (
     VerificationFailed,
 )
 from outrider.option_types import DEFAULT_CHUNK_SIZE, DEFAULT_DOWNLOAD_WORKERS
-from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
+from outrider.sources.base import Checksum, RemoteFile, Source
 from outrider.transfer import checksums, diskio, state, writeback
 from outrider.transfer.paths import join_under
 from outrider.transfer.progress import FileProgress, Progress
@@ -96,8 +99,6 @@ class TransferOptions:
     # Content checksums (MD5, sha256, CRC64) where the store offers them; sizes are checked regardless. Hashing is
     # the largest CPU cost of a download (MD5: about 1.3 CPU-seconds per GiB here), so an operator may trade it away.
     verify_checksums: bool = True
-    # Write part files with O_DIRECT where the file system takes it (diskio.py); False: through the page cache.
-    direct_io: bool = True
 
 
 class Stopped(OutriderError):
@@ -146,8 +147,6 @@ class _FileTask:
     # Hashes the bytes as they are written when the file is one chunk fetched from its start; else None and the
     # checksum is computed by reading the finished part file back.
     digest: checksums.Digest | None
-    # Written with O_DIRECT (diskio.py); turned off for good if the file system refuses a direct write.
-    direct: bool = False
     # A CRC-checked file of several chunks: each chunk's CRC, fed by the thread writing it; `rehash` lists the
     # chunks whose CRC is computed from the part file instead (resumed ones, and any an abandoned thread fed).
     crcs: dict[int, checksums.CrcDigest] | None = None
@@ -174,71 +173,6 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-class _PartWriter:
-    """One attempt's descriptors into a part file, and what each write entails: the hashes fed, `attempt.pos`
-    advanced, progress counted. Thread-side; one per attempt, closed when the attempt ends."""
-
-    def __init__(self, run: _Run, task: _FileTask, attempt: _Attempt) -> None:
-        self._run = run
-        self._task = task
-        self._attempt = attempt
-        self._direct = task.direct
-        self._fd = diskio.open_part(state.part_path(task.final), os.O_WRONLY, self._direct)
-        self._plain: int | None = None  # through the page cache: a file's unaligned tail, or after a refusal
-        self._crc = task.crcs.get(attempt.index) if task.crcs is not None else None
-
-    def writable(self, fill: int) -> int:
-        """How many of `fill` buffered bytes to write now: all, unless writing them directly would leave the next
-        write (a retry's) unaligned; then up to the last aligned byte. The range's end needs no alignment."""
-        if not self._direct or self._attempt.pos + fill == self._attempt.end:
-            return fill
-        return fill - fill % diskio.ALIGN
-
-    def write(self, data: memoryview) -> None:
-        """Hash `data`, write it at `attempt.pos`, and account for it."""
-        n = len(data)
-        if not n:
-            return
-        if self._crc is not None:
-            self._crc.update(data)
-        if self._task.digest is not None:
-            self._task.digest.update(data)
-        pos = self._attempt.pos
-        head = n - n % diskio.ALIGN if self._direct else n
-        with self._task.write_lock:
-            if self._direct and head:
-                try:
-                    _pwrite_all(self._fd, data[:head], pos)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    # The probe passed but this write was refused (a device with a larger block, a file system
-                    # that takes O_DIRECT opens but not writes): the rest of this file goes through the page cache.
-                    log.warning("%s: direct writes refused (%s); writing through the page cache", self._task.final, exc)
-                    self._task.direct = self._direct = False
-                    _pwrite_all(self._page_cache_fd(), data[:head], pos)
-            elif head:
-                _pwrite_all(self._fd, data[:head], pos)
-            if head < n:
-                _pwrite_all(self._page_cache_fd(), data[head:], pos + head)
-        self._attempt.pos += n
-        self._attempt.last_piece = time.monotonic()
-        self._run.progress.add(self._task.progress, n)
-
-    def _page_cache_fd(self) -> int:
-        if self._plain is None:
-            self._plain = os.open(state.part_path(self._task.final), os.O_WRONLY)
-        return self._plain
-
-    def start_writeback(self) -> None:
-        writeback.start_writeback(self._fd, self._attempt.start, self._attempt.end - self._attempt.start)
-
-    def close(self) -> None:
-        os.close(self._fd)
-        if self._plain is not None:
-            os.close(self._plain)
 
 
 class Transfer:
@@ -385,16 +319,6 @@ class _Run:
             task.rehash = set(manifest.done)  # hashed once from the part file: never taken on trust
         elif not inline and len(chunks) > 1 and checksums.new_digest(expected) is not None:
             task.hashed = trio.Event()
-        # Direct writes go out in whole buffers from chunk starts: both must be aligned. A file that a follower
-        # hashes is written through the page cache, where the follower finds it: read back from the disk instead,
-        # it cost a second disk pass (2 GiB with MD5: 256 MB/s against 339 through the page cache).
-        task.direct = (
-            self.opts.direct_io
-            and task.hashed is None
-            and diskio.aligned(self.chunk_size)
-            and diskio.aligned(PIECE_SIZE)
-            and diskio.direct_supported(state.part_path(final))
-        )
         return task
 
     # -- fetching --------------------------------------------------------------------------------------------
@@ -477,46 +401,36 @@ class _Run:
             raise SourceTransientError(f"no data for {self.opts.stall_timeout:g}s")
 
     def _read_into_part(self, task: _FileTask, attempt: _Attempt) -> None:
-        """Thread: read [attempt.pos, attempt.end) of the remote file into the part file at the same offsets.
-
-        Pieces are gathered in this thread's buffer and written a full buffer at a time, so a direct write is
-        always aligned. If the read fails part way, what is buffered is written too (for direct writes, up to the
-        last aligned byte), so the retry resumes from about the byte this attempt reached."""
+        """Thread: read [attempt.pos, attempt.end) of the remote file into the part file at the same offsets,
+        feeding each piece to the file's inline digest or the chunk's CRC, whichever it has."""
         if attempt.cancelled or self.stop.is_set():
             raise Stopped("download stopped")
-        buf = diskio.buffer(PIECE_SIZE)
-        fill = 0
-        writer = _PartWriter(self, task, attempt)
+        fd = os.open(state.part_path(task.final), os.O_WRONLY)
+        crc = task.crcs.get(attempt.index) if task.crcs is not None else None
         pieces: Iterator[bytes] = self.source.read_range(task.remote.path, attempt.pos, attempt.end)
         try:
-            try:
-                for piece in pieces:
-                    if attempt.cancelled or self.stop.is_set():
-                        raise Stopped("download stopped")
-                    if len(piece) > attempt.end - attempt.pos - fill:
-                        raise SourceError(f"{self.source.display}: {task.remote.path}: the store sent more than asked")
-                    view = memoryview(piece)
-                    while view:
-                        n = min(len(view), PIECE_SIZE - fill)
-                        buf[fill : fill + n] = view[:n]
-                        fill += n
-                        view = view[n:]
-                        if fill == PIECE_SIZE:
-                            writer.write(buf)
-                            fill = 0
-                    attempt.last_piece = time.monotonic()
-            except SourceTransientError:
-                if not (attempt.cancelled or self.stop.is_set()):
-                    writer.write(buf[: writer.writable(fill)])
-                raise
-            writer.write(buf[: writer.writable(fill)])
-            if attempt.pos == attempt.end and not task.direct:
-                writer.start_writeback()
+            for piece in pieces:
+                if attempt.cancelled or self.stop.is_set():
+                    raise Stopped("download stopped")
+                if len(piece) > attempt.end - attempt.pos:
+                    raise SourceError(f"{self.source.display}: {task.remote.path}: the store sent more than asked")
+                with task.write_lock:
+                    _pwrite_all(fd, piece, attempt.pos)
+                # Only once written: a hash covers exactly [chunk start, attempt.pos), where a retry goes on from.
+                if crc is not None:
+                    crc.update(piece)
+                if task.digest is not None:
+                    task.digest.update(piece)
+                attempt.pos += len(piece)
+                attempt.last_piece = time.monotonic()
+                self.progress.add(task.progress, len(piece))
+            if attempt.pos == attempt.end:
+                writeback.start_writeback(fd, attempt.start, attempt.end - attempt.start)
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()  # releases the store's connection when we stop early
-            writer.close()
+            os.close(fd)
         if attempt.pos != attempt.end:
             raise SourceTransientError(f"{task.remote.path}: the read ended early at byte {attempt.pos}")
 
@@ -603,14 +517,13 @@ class _Run:
     def _hash_range(
         self, task: _FileTask, digest: checksums.Digest, start: int, end: int, halt: threading.Event
     ) -> None:
-        """Thread: feed bytes [start, end) of the part file to `digest`, read back the way they were written (a
-        direct read of directly written bytes costs no page-cache pages; buffered ones are still cached)."""
+        """Thread: feed bytes [start, end) of the part file to `digest` (from the page cache, where the writes are)."""
 
         def check() -> None:
             if self._halted(halt):
                 raise Stopped("download stopped")
 
-        for view in diskio.read_back(state.part_path(task.final), start, end, task.direct, check):
+        for view in diskio.read_back(state.part_path(task.final), start, end, check):
             digest.update(view)
             start += len(view)
         if start < end:
