@@ -55,6 +55,26 @@ class Conflict(OutriderError):
     type = "conflict"
 
 
+class Unsupported(Conflict):
+    """What was asked cannot be done for this engine as it runs (no sleep routes, no kvcached segment, ...)."""
+
+    type = "unsupported"
+
+
+class NotConfigured(OutriderError):
+    """A feature the operator has not turned on (the engine lifecycle without --engine-launch)."""
+
+    status = 501
+    type = "not_configured"
+
+
+class EngineFailed(OutriderError):
+    """An engine outrider launched could not be started, or stopped before it served (its exit is in the message)."""
+
+    status = 500
+    type = "engine_failed"
+
+
 class InsufficientStorage(OutriderError):
     """The destination's file system has less free space than the download needs."""
 

@@ -6,6 +6,7 @@ import dataclasses
 
 from outrider.adapters.file import AdaptersFileWatcher
 from outrider.adapters.reconciler import Reconciler
+from outrider.lifecycle.supervisor import Supervisor
 from outrider.metrics.own import OwnMetrics
 from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
@@ -23,3 +24,4 @@ class Runtime:
     adapters: Reconciler | None = None  # the declared LoRA set and the loop that keeps the engine on it
     adapters_file: AdaptersFileWatcher | None = None
     downloads: JobManager | None = None  # model download jobs; started by the supervisor
+    engines: Supervisor | None = None  # engine processes outrider launches (None: the lifecycle is off)

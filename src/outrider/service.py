@@ -25,6 +25,9 @@ from outrider.adapters.reconciler import Reconciler
 from outrider.engines import get_engine_spec
 from outrider.engines.client import EngineClient, auth_headers, served_base_model
 from outrider.http.app import create_asgi
+from outrider.lifecycle.config import LifecycleSettings
+from outrider.lifecycle.records import EngineRecord
+from outrider.lifecycle.supervisor import Supervisor
 from outrider.metrics.concepts import profile_targets
 from outrider.metrics.gie import AdapterLoraInfo, ProtocolRewrite
 from outrider.metrics.own import OwnMetrics
@@ -39,9 +42,12 @@ from outrider.transfer.opener import SourceOpener, build_opener
 log = logging.getLogger("outrider")
 
 
-def build_runtime(settings: Settings, source_opener: SourceOpener | None = None) -> Runtime:
+def build_runtime(
+    settings: Settings, source_opener: SourceOpener | None = None, lifecycle: LifecycleSettings | None = None
+) -> Runtime:
     """The live objects. `source_opener` turns download sources into Sources (default: the real stores; tests pass
-    a local one). LoRA adapters that are not already on the shared volume are fetched by the same download jobs."""
+    a local one). LoRA adapters that are not already on the shared volume are fetched by the same download jobs,
+    and so are the artifacts of the engines outrider launches when `lifecycle` is given."""
     spec = get_engine_spec(settings.engine)
     metrics = OwnMetrics(settings.engine)
     gie = "gie" in settings.metrics_profiles
@@ -75,7 +81,7 @@ def build_runtime(settings: Settings, source_opener: SourceOpener | None = None)
     watcher = None
     if settings.adapters_file:
         watcher = AdaptersFileWatcher(Path(settings.adapters_file), reconciler, settings.adapter_sync_interval)
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         metrics=metrics,
         scraper=scraper,
@@ -85,6 +91,31 @@ def build_runtime(settings: Settings, source_opener: SourceOpener | None = None)
         adapters=reconciler,
         adapters_file=watcher,
     )
+    if lifecycle is not None:
+        api_key = settings.engine_api_key.get_secret_value() if settings.engine_api_key is not None else None
+        runtime.engines = Supervisor(
+            lifecycle,
+            downloads,
+            model_root=settings.downloads.model_root,
+            api_key=api_key,
+            metrics=metrics.engines,
+            on_change=functools.partial(_follow_engine, runtime, lifecycle),
+        )
+    return runtime
+
+
+def _follow_engine(runtime: Runtime, lifecycle: LifecycleSettings, record: EngineRecord | None) -> None:
+    """Point the metrics scrape (and so /ready) and the served model name at the engine outrider launched last, or
+    back at the configured engine when none is left."""
+    settings = runtime.settings
+    if record is None:
+        runtime.scraper.url = settings.engine_metrics_url
+        runtime.model = settings.model
+    else:
+        assert runtime.engines is not None
+        runtime.scraper.url = runtime.engines.api.url(record.port, settings.engine_metrics_path)
+        runtime.model = record.model_name
+    log.info("engine metrics are scraped from %s", runtime.scraper.url)
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -104,17 +135,21 @@ async def serve(
     shutdown: trio.Event,
     *,
     source_opener: SourceOpener | None = None,
+    lifecycle: LifecycleSettings | None = None,
     task_status: trio.TaskStatus[tuple[Runtime, list[str]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections.
 
-    `source_opener` turns download requests' sources into Sources (default: `build_opener(settings.downloads)`)."""
-    runtime = build_runtime(settings, source_opener)
+    `source_opener` turns download requests' sources into Sources (default: `build_opener(settings.downloads)`);
+    `lifecycle` turns the engine lifecycle on."""
+    runtime = build_runtime(settings, source_opener, lifecycle)
     app = create_asgi(runtime)
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.scraper.run)
         assert runtime.downloads is not None and runtime.adapters is not None
         await nursery.start(runtime.downloads.run)
+        if runtime.engines is not None:  # after downloads (activations fetch through them), before the server
+            await nursery.start(runtime.engines.run)
         nursery.start_soon(_close_engine_client_at_exit, runtime.adapters.engine)
         await nursery.start(runtime.adapters.run)
         if runtime.adapters_file is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -35,9 +37,10 @@ class Running:
     shutdown: trio.Event
 
 
-async def start_outrider(nursery: trio.Nursery, settings: Settings) -> Running:
+async def start_outrider(nursery: trio.Nursery, settings: Settings, **serving: Any) -> Running:
+    """outrider serving `settings` in `nursery`; `serving` goes to service.serve (e.g. `lifecycle=`)."""
     shutdown = trio.Event()
-    runtime, binds = await nursery.start(serve, settings, shutdown)
+    runtime, binds = await nursery.start(functools.partial(serve, settings, shutdown, **serving))
     url = binds[0]
     return Running(runtime, url, await checked_client(url, request_timeout=5.0), shutdown)
 

@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from outrider.errors import OutriderError, error_body
-from outrider.http import adapters, compat_lora, docs_assets, downloads
+from outrider.http import adapters, compat_lora, docs_assets, downloads, lifecycle
 from outrider.http.body import error_field
 from outrider.http.guard import Guard
 from outrider.http.hot import ASGIApp, HotRoutes
@@ -52,6 +52,7 @@ def create_app(runtime: Runtime) -> QuartTrio:
     app.register_blueprint(adapters.blueprint)
     app.register_blueprint(compat_lora.blueprint)
     app.register_blueprint(downloads.blueprint)
+    app.register_blueprint(lifecycle.blueprint)
     # /openapi.json and /docs (Swagger UI, its script and style served from here: see http/docs_assets.py).
     app.register_blueprint(docs_assets.blueprint)
     app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = f"{docs_assets.ASSETS_PREFIX}/swagger-ui-bundle.js"

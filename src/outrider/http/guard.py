@@ -2,7 +2,8 @@
 
 It wraps everything hypercorn serves (the hot routes and the Quart app), so no route escapes it. In a pod network
 anyone can reach the sidecar; with `--api-token` set, every request that changes state (any method but GET, HEAD
-and OPTIONS) must carry `Authorization: Bearer <token>`: none, or another scheme, is 401 with a
+and OPTIONS), and every request to the engine lifecycle routes (`/v1/runtime/...`, whose reads name artifacts and
+their owners), must carry `Authorization: Bearer <token>`: none, or another scheme, is 401 with a
 `WWW-Authenticate` challenge; a wrong token is 403. Probes and, unless `--protect-metrics`, `/metrics` stay open:
 Kubernetes and Prometheus must reach them without a secret. The token is compared in constant time and never logged.
 
@@ -22,6 +23,8 @@ from outrider.http.hot import ASGIApp, Receive, Scope, Send
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROBES = frozenset({"/health", "/healthz", "/ready"})
+# Routes that need the token for every method, reads included.
+PROTECTED_PREFIXES = ("/v1/runtime/",)
 
 
 class Guard:
@@ -44,7 +47,11 @@ class Guard:
     def needs_token(self, method: str, path: str) -> bool:
         if self._token is None or path in PROBES:
             return False
-        return method not in READ_METHODS or (self._protect_metrics and path == "/metrics")
+        return (
+            method not in READ_METHODS
+            or path.startswith(PROTECTED_PREFIXES)
+            or (self._protect_metrics and path == "/metrics")
+        )
 
     def _refusal(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         headers = dict(scope.get("headers", ()))  # ASGI header names are lower-case bytes

@@ -79,6 +79,7 @@ class OwnMetrics:
         for reason in RECONCILE_ERROR_REASONS:
             self.adapter_reconcile_errors.labels(reason)
         self.downloads = DownloadMetrics(r)
+        self.engines = EngineMetrics(r)
         self.http = HttpMetrics(r)
         Info("outrider_build", "outrider build information.", registry=r).info(
             {"version": __version__, "engine": engine}
@@ -107,6 +108,47 @@ class DownloadMetrics:
         for reason in DOWNLOAD_FAILURE_REASONS:
             self.failures.labels(reason)
         self.active = Gauge("outrider_download_jobs_active", "Download jobs queued or running.", registry=r)
+
+
+# Engine process phases (lifecycle/records.py), all present from the start so that a phase's count reads 0, not absent.
+ENGINE_PHASES = ("downloading", "booting", "active", "sleeping", "stopping", "failed")
+# How an activation ended: closed, like the other reasons.
+ACTIVATION_RESULTS = ("success", "failed", "cancelled")
+
+
+class EngineMetrics:
+    """Engines outrider launched (the engine lifecycle): processes by phase, activations and how long they took."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.processes = Gauge(
+            "outrider_engine_processes", "Engines outrider supervises, by phase.", ["phase"], registry=r
+        )
+        for phase in ENGINE_PHASES:
+            self.processes.labels(phase)
+        self.activations = Counter(
+            "outrider_engine_activations",
+            "Engine activations that ended, by result (failed: fetch, launch, exit or timeout before serving).",
+            ["result"],
+            registry=r,
+        )
+        for result in ACTIVATION_RESULTS:
+            self.activations.labels(result)
+        self.exits = Counter(
+            "outrider_engine_exits",
+            "Engines that exited after they had served, without being asked to stop.",
+            registry=r,
+        )
+        self.activation_duration = Histogram(
+            "outrider_engine_activation_duration_seconds",
+            "Time from an activation request to the engine answering /health (artifact fetch and start-up).",
+            buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+            registry=r,
+        )
+
+    def set_phases(self, counts: dict[str, int]) -> None:
+        for phase in ENGINE_PHASES:
+            self.processes.labels(phase).set(counts.get(phase, 0))
 
 
 # API request methods counted by name; any other method is counted as `other`, so clients cannot grow the label.
