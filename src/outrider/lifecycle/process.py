@@ -73,6 +73,17 @@ def is_running(ident: Identity) -> bool:
     return int(fields[19]) == ident.start_ticks and boot_id() == ident.boot_id
 
 
+def group_is_ours(ident: Identity) -> bool:
+    """Whether the process group led by `ident` can still only hold that engine's processes. The kernel hands out no
+    pid that is in use as a process group id, so while no other process has the leader's pid, any member of the
+    group is a leftover of the engine (a worker whose server exited). Another process under that pid (same pid,
+    another start time or boot) means the pid was free again, reused, and the group is someone else's."""
+    fields = _stat_fields(ident.pid)
+    if fields is None or len(fields) < 20:
+        return True
+    return int(fields[19]) == ident.start_ticks and boot_id() == ident.boot_id
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of a process group."""
     members = []

@@ -506,11 +506,12 @@ class Supervisor:
         if pgid is None:
             return
         if engine.process is None:
-            # An adopted engine: signal its group only while it is recognisably ours, or while members of the
-            # group remain (a pgid cannot be handed out again while its group has members).
+            # An adopted engine (not outrider's child): its group is signalled only while it is recognisably the
+            # engine's (see process.group_is_ours), never a group that a reused pid now leads.
             ident = engine.record.identity
-            alive = ident is not None and process.is_running(ident)
-            if not alive and not await trio.to_thread.run_sync(process.group_members, pgid):
+            if ident is None or not await trio.to_thread.run_sync(process.group_is_ours, ident):
+                return
+            if not await trio.to_thread.run_sync(process.group_members, pgid):
                 return
         await process.stop_group(pgid, self.settings.stop_grace)
 
