@@ -425,6 +425,8 @@ def many_pods(
                 m["slowest_pod_mb_s"] = min(per_pod)
                 m["total_mb_s"] = n * size / 1e6 / m["wall"]
                 m["requests_s"] = m["requests"] / m["wall"]
+                # Flat in N when nobody retries: the same chunks per copy of the model, however many pods ask.
+                m["requests_per_gb"] = m["requests"] / (n * size / 1e9)
                 m["cpu_per_gb"] = m["cpu"] / (n * size / 1e9)
                 m["store_cpu_per_gb"] = m["store_cpu"] / (n * size / 1e9)
                 m["rss_mib"] = max(run["rss_mib"] for run in m["runs"])
@@ -448,7 +450,7 @@ def report_pods(many: dict[str, dict[int, list[dict[str, Any]]]], size: int, plo
         f"{min(len(v) for runs in many.values() for v in runs.values())} rounds)"
     )
     print(
-        f"{'who':9} {'pods':>4} {'MB/s/pod':>8} {'slowest':>7} {'total':>7} {'req/s':>6} {'CPU s/GB':>8} "
+        f"{'who':9} {'pods':>4} {'MB/s/pod':>8} {'slowest':>7} {'total':>7} {'req/s':>6} {'req/GB':>6} {'CPU s/GB':>8} "
         f"{'store s/GB':>10} {'RSS MiB':>7} {'other':>6}"
     )
     for name, runs in many.items():
@@ -457,6 +459,7 @@ def report_pods(many: dict[str, dict[int, list[dict[str, Any]]]], size: int, plo
             print(
                 f"{name:9} {n:4} {med(name, n, 'pod_mb_s'):8.1f} {med(name, n, 'slowest_pod_mb_s'):7.1f} "
                 f"{med(name, n, 'total_mb_s'):7.1f} {med(name, n, 'requests_s'):6.1f} "
+                f"{med(name, n, 'requests_per_gb'):6.1f} "
                 f"{med(name, n, 'cpu_per_gb'):8.2f} {med(name, n, 'store_cpu_per_gb'):10.2f} "
                 f"{max(m['rss_mib'] for m in runs[n]):7.1f} {other:5.2f}{'*' if other > OTHER_WARN else ' '}"
             )
