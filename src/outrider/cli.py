@@ -23,6 +23,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, EnvSettingsSource
 
 from outrider import __version__, download_cmd, logs
+from outrider.lifecycle.arguments import engine_environment
 from outrider.option_types import LogFormat, LogLevel
 from outrider.settings import DownloadSettings, Settings, SettingsError, option
 from outrider.sources.options import SourceOptions, env_defaults
@@ -180,7 +181,14 @@ def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
         raise SettingsError("--redis-url: required with --kv-events-endpoint (or set REDIS_HOST)")
     downloads = _downloads(raw, _pod_store(environ))
     settings: Settings = _build(
-        Settings, {"pod": socket.gethostname(), **raw, "api_token": token or None, "downloads": downloads}
+        Settings,
+        {
+            "pod": socket.gethostname(),
+            **raw,
+            "api_token": token or None,
+            "downloads": downloads,
+            "engine_environment": engine_environment(environ),
+        },
     )
     if "metrics_max_age" not in raw:
         settings = dataclasses.replace(settings, metrics_max_age=3 * settings.scrape_interval)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import httpx
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 
+from outrider.lifecycle.config import LaunchCommand, parse_launch, parse_port_range
 from outrider.metrics.concepts import PROFILES
 
 ENGINES = ("vllm", "sglang")
@@ -123,3 +124,8 @@ Suffixes = Annotated[tuple[str, ...], _text(parse_suffixes)]
 Verify = Annotated[bool, _text(lambda raw: _one_of("checksum", "size")(raw) == "checksum")]
 # Checked as text first: pydantic alone would refuse " true" and take "t" or "y".
 Switch = Annotated[bool, _text(_one_of("1", "true", "yes", "on", "0", "false", "no", "off"))]
+# The engine lifecycle's: the commands engines may be launched with (see lifecycle/config.py), a port range kept
+# as written (`20000-20999`, checked here, read by Settings.lifecycle), and what happens to engines at exit.
+Launch = Annotated[tuple[LaunchCommand, ...], _text(parse_launch)]
+PortRange = Annotated[str, AfterValidator(lambda raw: "-".join(map(str, parse_port_range(raw))))]
+OnExit = Annotated[str, _text(_one_of("stop", "keep"))]

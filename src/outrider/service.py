@@ -47,7 +47,7 @@ def build_runtime(
 ) -> Runtime:
     """The live objects. `source_opener` turns download sources into Sources (default: the real stores; tests pass
     a local one). LoRA adapters that are not already on the shared volume are fetched by the same download jobs,
-    and so are the artifacts of the engines outrider launches when `lifecycle` is given."""
+    and so are the artifacts of the engines outrider launches (`lifecycle`, default `settings.lifecycle`)."""
     spec = get_engine_spec(settings.engine)
     metrics = OwnMetrics(settings.engine)
     gie = "gie" in settings.metrics_profiles
@@ -81,6 +81,7 @@ def build_runtime(
     watcher = None
     if settings.adapters_file:
         watcher = AdaptersFileWatcher(Path(settings.adapters_file), reconciler, settings.adapter_sync_interval)
+    lifecycle = lifecycle if lifecycle is not None else settings.lifecycle
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
@@ -141,7 +142,7 @@ async def serve(
     """Run outrider until `shutdown` is set. Reports (runtime, bound URLs) once it accepts connections.
 
     `source_opener` turns download requests' sources into Sources (default: `build_opener(settings.downloads)`);
-    `lifecycle` turns the engine lifecycle on."""
+    `lifecycle` overrides the engine lifecycle's settings (default: `settings.lifecycle`, None while it is off)."""
     runtime = build_runtime(settings, source_opener, lifecycle)
     app = create_asgi(runtime)
     async with trio.open_nursery() as nursery:

@@ -8,11 +8,18 @@ peer runtime's. Secrets are `SecretStr`: never printed, and found by type by the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, ConfigDict, Field, SecretStr
 from pydantic.dataclasses import dataclass
 
+from outrider.lifecycle.config import (
+    DEFAULT_PORTS,
+    DEFAULT_READY_TIMEOUT,
+    DEFAULT_STOP_GRACE,
+    LifecycleSettings,
+)
 from outrider.option_types import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DOWNLOAD_WORKERS,
@@ -20,9 +27,12 @@ from outrider.option_types import (
     BlockSize,
     Dir,
     Engine,
+    Launch,
     LogFormat,
     LogLevel,
+    OnExit,
     Port,
+    PortRange,
     Prefix,
     Profiles,
     RedisUrl,
@@ -115,8 +125,50 @@ class Settings:
     )
     kv_hash_block_size: BlockSize = option(16, "tokens per hash: the router's blockSizeToHash", "--kv-hash-block-size")
     redis_url: RedisUrl | None = option(None, "Redis for the KV index (default: from REDIS_HOST)", "--redis-url")
+    # The engine lifecycle (AIBrix's model-runtime routes): off unless --engine-launch names what may be launched.
+    engine_launch: Launch | None = option(
+        None, "what engines may be launched with: vllm=COMMAND;sglang=COMMAND (default: off)", "--engine-launch"
+    )
+    engine_ports: PortRange = option(
+        "-".join(map(str, DEFAULT_PORTS)), "ports launched engines may listen on", "--engine-ports"
+    )
+    engine_host: str = option("0.0.0.0", "address launched engines listen on", "--engine-host")
+    engine_state_dir: Dir = option(
+        "/tmp/outrider-engines", "launched engines' records and output (per pod, never shared)", "--engine-state-dir"
+    )
+    engine_stop_grace: Seconds = option(
+        DEFAULT_STOP_GRACE, "seconds a stopping engine gets before SIGKILL", "--engine-stop-grace"
+    )
+    engine_ready_timeout: Seconds = option(
+        DEFAULT_READY_TIMEOUT, "seconds a launched engine may take to answer /health", "--engine-ready-timeout"
+    )
+    engine_dev_routes: Switch = option(
+        False, "launch vLLM with its development routes (needed by sleep and wake)", "--engine-dev-routes"
+    )
+    engine_on_exit: OnExit = option("stop", "stop, or keep engines running for the next outrider", "--engine-on-exit")
+    # What launched engines inherit of outrider's environment (cli.py takes it from the process, without outrider's
+    # settings and credentials: see lifecycle/arguments.engine_environment).
+    engine_environment: tuple[tuple[str, str], ...] = Field(default=(), repr=False)
     downloads: DownloadSettings = DownloadSettings()
 
     @property
     def engine_metrics_url(self) -> str:
         return self.engine_base_url.rstrip("/") + self.engine_metrics_path
+
+    @property
+    def lifecycle(self) -> LifecycleSettings | None:
+        """The engine lifecycle's own settings, or None while it is off."""
+        if self.engine_launch is None:
+            return None
+        low, _, high = self.engine_ports.partition("-")
+        return LifecycleSettings(
+            commands=self.engine_launch,
+            state_dir=Path(self.engine_state_dir),
+            ports=(int(low), int(high)),
+            host=self.engine_host,
+            stop_grace=self.engine_stop_grace,
+            ready_timeout=self.engine_ready_timeout,
+            dev_routes=self.engine_dev_routes,
+            on_exit="keep" if self.engine_on_exit == "keep" else "stop",
+            environment=self.engine_environment,
+        )
