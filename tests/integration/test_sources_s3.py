@@ -26,8 +26,9 @@ from outrider.errors import (
     VerificationFailed,
 )
 from outrider.sources import Source
-from outrider.sources.base import PIECE_SIZE
-from outrider.transfer import download, state
+from outrider.sources.base import PIECE_SIZE, Checksum
+from outrider.sources.s3 import parts_checksum
+from outrider.transfer import download, engine, state
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
@@ -47,6 +48,8 @@ SECRET_MARK = "s3cr3t-never-shown"
 SUMS = "sums"
 SUM_FILES = {name: os.urandom(3 * PIECE_SIZE + 17) for name in ("plain", "crc32", "sha256", "multipart", "kms")}
 WRONG = os.urandom(2 * PIECE_SIZE)
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last (boto3 raises a smaller multipart_chunksize to it)
+PARTS = {"aligned": os.urandom(2 * MIN_PART + 99), "other": os.urandom(MIN_PART + 10)}
 LISTER: list[str] = []  # access key and secret of a user that may list but not read
 
 
@@ -69,6 +72,10 @@ def seed_checksums(server: MotoServer) -> None:
     s3.put_object(Bucket=SUMS, Key="m/sha256", Body=SUM_FILES["sha256"], ChecksumAlgorithm="SHA256")
     parts = TransferConfig(multipart_threshold=5 * PIECE_SIZE // 2, multipart_chunksize=5 * PIECE_SIZE // 2)
     s3.upload_fileobj(io.BytesIO(SUM_FILES["multipart"]), SUMS, "m/multipart", Config=parts)
+    # Parts of S3's smallest size, which the download's chunks are cut to line up with in the test below.
+    smallest = TransferConfig(multipart_threshold=MIN_PART, multipart_chunksize=MIN_PART)
+    plain.upload_fileobj(io.BytesIO(PARTS["aligned"]), SUMS, "mp/aligned", Config=smallest)
+    plain.upload_fileobj(io.BytesIO(PARTS["other"]), SUMS, "mp-other/o.bin", Config=smallest)
     # moto stores a checksum it is given without checking it (real S3 refuses the upload: BadDigest). Here that
     # stands for bytes that changed between the store's checksum and us.
     wrong = base64.b64encode((zlib.crc32(WRONG) ^ 1).to_bytes(4, "big")).decode()
@@ -113,8 +120,8 @@ def test_each_object_gets_the_cheapest_whole_object_checksum_it_has(moto: MotoSe
         "plain": ("md5", md5_hex(SUM_FILES["plain"])),  # no additional checksum: the single-part ETag
         "crc32": ("crc32", f"{zlib.crc32(SUM_FILES['crc32']):08x}"),
         "sha256": ("sha256", hashlib.sha256(SUM_FILES["sha256"]).hexdigest()),
-        # A multipart ETag is no MD5, and moto does not say whether its CRC32 covers the object or the parts.
-        "multipart": None,
+        # A multipart ETag is the MD5 of the parts' MD5s: part 1's size (a HEAD) lets it be computed.
+        "multipart": ("md5-parts", multipart_etag(SUM_FILES["multipart"], MIN_PART)),
         "kms": None,  # encrypted with a KMS key: its ETag is not an MD5 on S3, and it has no other checksum
     }
 
@@ -128,12 +135,17 @@ def test_a_user_who_may_list_but_not_read_still_gets_the_listing(moto: MotoServe
         read_all(source, "crc32", 0, 1)
 
 
-async def fetch_s3(moto: MotoServer, uri: str, dest: Path) -> None:
+async def fetch_s3(moto: MotoServer, uri: str, dest: Path, *, chunk_size: int = 2 * PIECE_SIZE) -> None:
     source = s3_source(moto, uri)
-    options = TransferOptions(workers=4, chunk_size=2 * PIECE_SIZE)
+    options = TransferOptions(workers=4, chunk_size=chunk_size)
     prepared = await trio.to_thread.run_sync(download.prepare, source, Filters(), dest, options.chunk_size)
     progress = download.progress_for(prepared, Progress())
     await download.run(prepared, Transfer(options), progress, threading.Event())
+
+
+def multipart_etag(data: bytes, part_size: int) -> str:
+    parts = [hashlib.md5(data[i : i + part_size]).digest() for i in range(0, len(data), part_size)]
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
 
 
 async def test_downloads_verify_against_the_checksums_s3_keeps(moto: MotoServer, tmp_path: Path) -> None:
@@ -143,6 +155,41 @@ async def test_downloads_verify_against_the_checksums_s3_keeps(moto: MotoServer,
     with pytest.raises(VerificationFailed, match="crc32 mismatch"):
         await fetch_s3(moto, f"s3://{SUMS}/bad", tmp_path / "bad")
     assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == [state.RECORD_NAME]
+
+
+async def test_a_multipart_etag_is_verified_with_parts_hashed_by_the_chunks_writers(
+    moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [listed] = s3_source(moto, f"s3://{SUMS}/mp").list_files()
+    assert listed.checksum == Checksum("md5-parts", multipart_etag(PARTS["aligned"], MIN_PART), MIN_PART)
+    read_back: list[tuple[int, int]] = []
+    real = engine._Run._hash_range
+
+    def counted(self: engine._Run, task: Any, digest: Any, start: int, end: int, halt: threading.Event) -> None:
+        read_back.append((start, end))
+        real(self, task, digest, start, end, halt)
+
+    monkeypatch.setattr(engine._Run, "_hash_range", counted)
+    await fetch_s3(moto, f"s3://{SUMS}/mp", tmp_path / "mp", chunk_size=MIN_PART)  # a part per chunk
+    assert (tmp_path / "mp" / "aligned").read_bytes() == PARTS["aligned"]
+    assert read_back == []  # every part's MD5 came from the thread that wrote it
+    # Chunks that cut parts in two: the same ETag, computed in file order by the follower instead.
+    await fetch_s3(moto, f"s3://{SUMS}/mp", tmp_path / "follow", chunk_size=2 * PIECE_SIZE)
+    assert (tmp_path / "follow" / "aligned").read_bytes() == PARTS["aligned"]
+    assert read_back and read_back[0][0] == 0
+
+
+def test_a_multipart_etag_is_used_only_when_part_one_agrees_with_it(moto: MotoServer) -> None:
+    [listed] = s3_source(moto, f"s3://{SUMS}/mp-other").list_files()
+    etag = multipart_etag(PARTS["other"], MIN_PART)
+    assert listed.checksum == Checksum("md5-parts", etag, MIN_PART)
+    size = len(PARTS["other"])
+    part_one = {"ContentLength": MIN_PART, "PartsCount": 2}
+    assert parts_checksum(etag, size, part_one) == listed.checksum
+    # Parts of some other size, or another count, than the ETag's: its MD5s could not be cut where the store did.
+    assert parts_checksum(etag, size, {**part_one, "ContentLength": size // 3}) is None
+    assert parts_checksum(etag, size, {**part_one, "PartsCount": 3}) is None
+    assert parts_checksum(etag.split("-")[0], size, part_one) is None  # a single-part ETag
 
 
 def test_lists_a_whole_bucket(moto: MotoServer) -> None:

@@ -150,28 +150,37 @@ async def test_permanent_errors_fail_fast_with_the_store_message(tmp_path: Path)
     assert final_names(tmp_path / "m") <= {state.RECORD_NAME, "empty.txt"}  # empty.txt needs no read
 
 
+def _part_size(algorithm: str, part_size: int = PIECE) -> int | None:
+    """A multipart ETag needs its part size; no other checksum has one."""
+    return part_size if algorithm == "md5-parts" else None
+
+
 @pytest.mark.parametrize("algorithm", SUPPORTED)
 async def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, algorithm: str) -> None:
     files = {"a.safetensors": os.urandom(3 * CHUNK), "b.json": b"{}"}
     source = MemorySource(files, piece_size=PIECE)
-    source.listed_checksums["a.safetensors"] = Checksum(algorithm, "1234" if algorithm == "crc64ecma" else "ab" * 16)
-    source.listed_checksums["b.json"] = Checksum(algorithm, "5678" if algorithm == "crc64ecma" else "cd" * 16)
+    parts = _part_size(algorithm)
+    source.listed_checksums["a.safetensors"] = Checksum(
+        algorithm, "1234" if algorithm == "crc64ecma" else "ab" * 16, parts
+    )
+    source.listed_checksums["b.json"] = Checksum(algorithm, "5678" if algorithm == "crc64ecma" else "cd" * 16, parts)
     with pytest.raises(VerificationFailed, match=f"{algorithm} mismatch"):
         await fetch(source, tmp_path / "m")
     assert final_names(tmp_path / "m") <= {state.RECORD_NAME}
 
 
-@pytest.mark.parametrize("algorithm", SUPPORTED)
-async def test_store_checksums_of_every_kind_verify(tmp_path: Path, algorithm: str) -> None:
+# md5-parts twice: parts that chunks hold whole (hashed per chunk) and parts that chunks cut (hashed in file order).
+@pytest.mark.parametrize(("algorithm", "part_size"), [(a, PIECE) for a in SUPPORTED] + [("md5-parts", 3 * PIECE)])
+async def test_store_checksums_of_every_kind_verify(tmp_path: Path, algorithm: str, part_size: int) -> None:
     from outrider.transfer.checksums import new_digest
 
     files = {"multi.bin": os.urandom(3 * CHUNK + 1), "single.bin": os.urandom(1000)}
     source = MemorySource(files, piece_size=PIECE, checksum=None)
     for path, data in files.items():
-        digest = new_digest(Checksum(algorithm, ""))
+        digest = new_digest(Checksum(algorithm, "", _part_size(algorithm, part_size)))
         assert digest is not None
         digest.update(data)
-        source.listed_checksums[path] = Checksum(algorithm, digest.value())
+        source.listed_checksums[path] = Checksum(algorithm, digest.value(), _part_size(algorithm, part_size))
     await fetch(source, tmp_path / "m")
     assert_tree(tmp_path / "m", files)
 

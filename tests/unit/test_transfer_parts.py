@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from outrider.settings import SettingsError
 from outrider.sources.base import VERIFY_COST, Checksum, RemoteFile
 from outrider.sources.s3 import checksum_from_head
 from outrider.transfer import state
-from outrider.transfer.checksums import SUPPORTED, Crc64Ecma, matches, new_digest
+from outrider.transfer.checksums import SUPPORTED, Crc64Ecma, chunk_digest, chunked, combined, matches, new_digest
 from outrider.transfer.paths import confine, join_under
 from outrider.transfer.plan import Filters, select
 
@@ -69,6 +71,30 @@ def test_store_checksums_match_their_check_values_fed_in_pieces(algorithm: str, 
     for piece in (b"1", b"2345", b"", b"6789"):
         digest.update(piece)
     assert matches(Checksum(algorithm, check.upper()), digest.value())
+
+
+def test_a_multipart_etag_is_the_md5_of_its_parts_md5s_however_it_is_fed_or_cut() -> None:
+    rnd = random.Random(17)
+    data, part = rnd.randbytes(10_000), 3_000
+    md5s = [hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)]
+    etag = f"{hashlib.md5(b''.join(md5s)).hexdigest()}-4"
+    whole = new_digest(Checksum("md5-parts", etag, part))
+    assert whole is not None
+    pos = 0
+    while pos < len(data):  # pieces that straddle part boundaries
+        step = rnd.randrange(1, 2_500)
+        whole.update(data[pos : pos + step])
+        pos += step
+    assert matches(Checksum("md5-parts", etag.upper(), part), whole.value())
+    checksum = Checksum("md5-parts", etag, part)
+    assert chunked(checksum, 2 * part) and not chunked(checksum, part + 1)
+    chunks = []
+    for start in range(0, len(data), 2 * part):  # chunks of two parts each, hashed separately, combined
+        digest = chunk_digest(checksum)
+        digest.update(data[start : start + 2 * part])
+        chunks.append((digest, len(data[start : start + 2 * part])))
+    assert combined(checksum, chunks) == etag
+    assert new_digest(Checksum("md5-parts", etag)) is None  # without its part size it cannot be computed
 
 
 def test_every_ranked_checksum_can_be_computed() -> None:

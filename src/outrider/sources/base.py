@@ -27,17 +27,20 @@ PIECE_SIZE = 1024 * 1024
 
 # Checksum algorithms a store may offer, cheapest to verify first (CPU-seconds per GiB, measured here: the fastcrc
 # CRCs 0.08-0.10, sha256 0.87, sha1 0.93, md5 1.34, crcmod's crc64nvme 2.1). A store holding several for one
-# object offers the cheapest; transfer/checksums.py computes each.
-VERIFY_COST = ("crc32", "crc32c", "crc64ecma", "sha256", "sha1", "md5", "crc64nvme")
+# object offers the cheapest; transfer/checksums.py computes each. md5-parts (a multipart upload's ETag: the MD5
+# of its parts' MD5s) costs what md5 costs, but its parts can be hashed in parallel.
+VERIFY_COST = ("crc32", "crc32c", "crc64ecma", "sha256", "sha1", "md5", "md5-parts", "crc64nvme")
 
 
 @dataclasses.dataclass(frozen=True)
 class Checksum:
     """A content checksum the store offers: `algorithm` from VERIFY_COST; `value` in hex, except crc64ecma's, which
-    is decimal (as TOS reports it)."""
+    is decimal (as TOS reports it), and md5-parts', which is the ETag as S3 gives it (`<hex>-<parts>`), with
+    `part_size` the size of every part but the last."""
 
     algorithm: str
     value: str
+    part_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,14 +15,19 @@ adds CRC64NVME to new objects that came without one. The listing shows neither e
 one HeadObject (`ChecksumMode=ENABLED`) per object that could have either tells them: the ETag's MD5 is used only
 when the object is not KMS- or customer-key-encrypted, and an additional checksum only when it covers the whole
 object (`ChecksumType: FULL_OBJECT`, or a single-part object). A multipart COMPOSITE checksum is a checksum of the
-parts' checksums (its value ends in `-N`) and is skipped. Of what is left, the cheapest to compute wins. Multipart
-objects the listing names no checksum for are not asked about: there is nothing to find.
+parts' checksums (its value ends in `-N`) and is skipped. Of what is left, the cheapest to compute wins.
+
+A multipart object with none of those still has its ETag: `<hex>-<N>`, the MD5 of its N parts' MD5s. That needs the
+part size, which one more HeadObject (`PartNumber=1`) gives, with the part count. It is used only when the two agree
+with the object's size (every part but the last of that size: how the SDKs, the CLI and s5cmd upload) and the
+object is not KMS- or customer-key-encrypted (then the ETag is no MD5 at all).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +62,7 @@ _HEAD_FIELDS = {
 }
 # Encryption whose objects' ETags are not their MD5 (SSE-S3, "AES256", keeps the MD5).
 _KEY_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-([1-9][0-9]*)$")
 
 DEFAULT_REGION = "us-east-1"
 _TRANSPORT_ERRORS = (
@@ -77,10 +83,30 @@ def _names_checksums(obj: Mapping[str, Any]) -> bool:
     return any(str(name).lower() in _HEAD_FIELDS for name in obj.get("ChecksumAlgorithm") or [])
 
 
+def _key_encrypted(head: Mapping[str, Any]) -> bool:
+    """Encrypted with a KMS or customer key: the ETag is then not made of MD5s."""
+    return head.get("ServerSideEncryption") in _KEY_ENCRYPTION or bool(head.get("SSECustomerAlgorithm"))
+
+
+def parts_checksum(etag: str | None, size: int, part_one: Mapping[str, Any]) -> Checksum | None:
+    """The multipart ETag as a checksum, given the HeadObject answer for part 1; None unless the part count and
+    size it gives are consistent with equal parts (all but the last) adding up to `size`."""
+    match = _MULTIPART_ETAG.match((etag or "").strip('"').lower())
+    if match is None:
+        return None
+    parts = int(match.group(1))
+    part_size = int(part_one.get("ContentLength") or 0)
+    if part_one.get("PartsCount") != parts or part_size <= 0:
+        return None
+    if not (parts - 1) * part_size < size <= parts * part_size:
+        return None  # parts of several sizes: the MD5s could not be cut where the store cut them
+    return Checksum("md5-parts", match.group(0), part_size)
+
+
 def checksum_from_head(head: Mapping[str, Any], etag_md5: Checksum | None, single_part: bool) -> Checksum | None:
     """The cheapest usable checksum of the whole object, from a HeadObject answer and the ETag's MD5 (if any)."""
     found: list[Checksum] = []
-    encrypted = head.get("ServerSideEncryption") in _KEY_ENCRYPTION or head.get("SSECustomerAlgorithm")
+    encrypted = _key_encrypted(head)
     if etag_md5 is not None and not encrypted:
         found.append(etag_md5)
     checksum_type = head.get("ChecksumType")
@@ -141,8 +167,9 @@ class S3Source(BucketSource):
         for obj in page.get("Contents", []):
             etag = str(obj.get("ETag", "")).strip('"') or None
             md5 = md5_from_etag(etag)
-            # A HeadObject may tell more: whether the ETag's MD5 holds, and the values of any named checksums.
-            ask = md5 is not None or _names_checksums(obj)
+            # A HeadObject may tell more: whether the ETag's MD5 holds, the values of any named checksums, and a
+            # multipart ETag's part size.
+            ask = md5 is not None or _names_checksums(obj) or _MULTIPART_ETAG.match((etag or "").lower()) is not None
             objects.append(Listed(obj["Key"], int(obj["Size"]), md5, etag, ask))
         token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
         return Page(objects, token or None)
@@ -150,7 +177,11 @@ class S3Source(BucketSource):
     def _head_checksum(self, key: str, listed: RemoteFile) -> Checksum | None:
         head = self._client.head_object(Bucket=self._bucket, Key=key, ChecksumMode="ENABLED")
         single_part = listed.version is not None and "-" not in listed.version
-        return checksum_from_head(head, listed.checksum, single_part)
+        found = checksum_from_head(head, listed.checksum, single_part)
+        if found is None and not single_part and not _key_encrypted(head):
+            part_one = self._client.head_object(Bucket=self._bucket, Key=key, PartNumber=1)
+            found = parts_checksum(listed.version, listed.size, part_one)
+        return found
 
     def _open_range(self, key: str, start: int, end: int) -> RangeBody:
         response = self._client.get_object(Bucket=self._bucket, Key=key, Range=f"bytes={start}-{end - 1}")

@@ -12,9 +12,10 @@ while the page cache lets the network run ahead of the writeback started per chu
 Checksums are computed from the bytes as they are written, never by a pass after the download:
 - a file of one chunk is hashed by the thread that writes it;
 - a CRC (crc32, crc32c, crc64) is computed per chunk by the thread that writes the chunk, in parallel, and the
-  file's CRC combined from the chunks' (crc.py) at the end;
-- the sequential digests (md5, sha1, sha256) are computed by a follower that reads the file's finished prefix
-  back as it grows, so the hashing overlaps the download.
+  file's CRC combined from the chunks' (crc.py) at the end; so is a multipart ETag (md5-parts: the MD5 of the
+  parts' MD5s), each part's MD5 by the thread writing it, when the chunks are cut at part boundaries;
+- the sequential digests (md5, sha1, sha256, and md5-parts cut otherwise) are computed by a follower that reads
+  the file's finished prefix back as it grows, so the hashing overlaps the download.
 A chunk whose hash cannot be trusted (it was resumed from an earlier run, or an abandoned thread may still have fed
 it) is hashed once more from the part file before the file is verified.
 
@@ -147,9 +148,10 @@ class _FileTask:
     # Hashes the bytes as they are written when the file is one chunk fetched from its start; else None and the
     # checksum is computed by reading the finished part file back.
     digest: checksums.Digest | None
-    # A CRC-checked file of several chunks: each chunk's CRC, fed by the thread writing it; `rehash` lists the
-    # chunks whose CRC is computed from the part file instead (resumed ones, and any an abandoned thread fed).
-    crcs: dict[int, checksums.CrcDigest] | None = None
+    # A file of several chunks checked by a checksum that combines (checksums.chunked): each chunk's digest, fed
+    # by the thread writing it; `rehash` lists the chunks whose digest is computed from the part file instead
+    # (resumed ones, and any an abandoned thread fed).
+    chunk_digests: dict[int, checksums.Digest] | None = None
     rehash: set[int] = dataclasses.field(default_factory=set)
     dirty: bool = False
     # Multi-chunk files with a checksum are hashed by a follower task as their finished prefix grows, so the hash
@@ -314,8 +316,8 @@ class _Run:
         expected = remote.checksum if self.opts.verify_checksums else None
         digest = checksums.new_digest(expected) if inline else None
         task = _FileTask(remote, final, manifest, chunks, entry, digest)
-        if not inline and len(chunks) > 1 and checksums.combinable(expected):
-            task.crcs = {}
+        if not inline and len(chunks) > 1 and checksums.chunked(expected, self.chunk_size):
+            task.chunk_digests = {}
             task.rehash = set(manifest.done)  # hashed once from the part file: never taken on trust
         elif not inline and len(chunks) > 1 and checksums.new_digest(expected) is not None:
             task.hashed = trio.Event()
@@ -336,8 +338,8 @@ class _Run:
 
     async def _fetch_chunk(self, task: _FileTask, index: int) -> None:
         pos, end = task.chunks[index]
-        if task.crcs is not None and task.remote.checksum is not None:
-            task.crcs[index] = checksums.chunk_crc(task.remote.checksum)
+        if task.chunk_digests is not None and task.remote.checksum is not None:
+            task.chunk_digests[index] = checksums.chunk_digest(task.remote.checksum)
         failures = 0
         while True:
             attempt = _Attempt(pos, end, task.chunks[index][0], index)
@@ -402,11 +404,11 @@ class _Run:
 
     def _read_into_part(self, task: _FileTask, attempt: _Attempt) -> None:
         """Thread: read [attempt.pos, attempt.end) of the remote file into the part file at the same offsets,
-        feeding each piece to the file's inline digest or the chunk's CRC, whichever it has."""
+        feeding each piece to the file's inline digest or the chunk's own, whichever it has."""
         if attempt.cancelled or self.stop.is_set():
             raise Stopped("download stopped")
         fd = os.open(state.part_path(task.final), os.O_WRONLY)
-        crc = task.crcs.get(attempt.index) if task.crcs is not None else None
+        chunk_digest = task.chunk_digests.get(attempt.index) if task.chunk_digests is not None else None
         pieces: Iterator[bytes] = self.source.read_range(task.remote.path, attempt.pos, attempt.end)
         try:
             for piece in pieces:
@@ -417,8 +419,8 @@ class _Run:
                 with task.write_lock:
                     _pwrite_all(fd, piece, attempt.pos)
                 # Only once written: a hash covers exactly [chunk start, attempt.pos), where a retry goes on from.
-                if crc is not None:
-                    crc.update(piece)
+                if chunk_digest is not None:
+                    chunk_digest.update(piece)
                 if task.digest is not None:
                     task.digest.update(piece)
                 attempt.pos += len(piece)
@@ -579,14 +581,14 @@ class _Run:
         digest = task.digest or task.followed
         if digest is not None:
             return digest.value()
-        if task.crcs is not None:
-            parts = []
+        if task.chunk_digests is not None:
+            parts: list[tuple[checksums.Digest, int]] = []
             for index, (start, end) in enumerate(task.chunks):
-                crc = task.crcs.get(index)
-                if crc is None or index in task.rehash:
-                    crc = checksums.chunk_crc(expected)
-                    self._hash_range(task, crc, start, end, halt)
-                parts.append((crc.crc(), end - start))
+                chunk = task.chunk_digests.get(index)
+                if chunk is None or index in task.rehash:
+                    chunk = checksums.chunk_digest(expected)
+                    self._hash_range(task, chunk, start, end, halt)
+                parts.append((chunk, end - start))
             return checksums.combined(expected, parts)
         digest = checksums.new_digest(expected)
         if digest is None:
