@@ -240,7 +240,10 @@ async def test_an_exit_during_start_fails_the_activation_and_leaves_nothing(
     assert body["status"] == "error" and body["model_name"] == "bad" and body["port"] == 0
     assert body["error"]["type"] == "engine_failed" and "exited with code 7" in body["message"]
     assert await listed(o.client) == {}
-    assert list(lifecycle.state_dir.iterdir()) == []
+    # Nothing left but the engine's output, kept for a person to read.
+    assert [p.name for p in lifecycle.state_dir.iterdir()] == ["bad.failed.log"]
+    assert "STANDIN " in (lifecycle.state_dir / "bad.failed.log").read_text()
+    assert str(lifecycle.state_dir / "bad.failed.log") in body["message"]
     await wait_metric(o.client, 'outrider_engine_activations_total{result="failed"} 1.0')
 
 

@@ -28,8 +28,10 @@ PHASES = ("downloading", "booting", "active", "sleeping", "stopping", "failed")
 OPERATIONS_KEPT = 128
 # The record format; a record of another version is ignored (and reported), not misread.
 VERSION = 1
-# Engines' output files live beside their records.
+# Engines' output files live beside their records; the output of the last activation of a model that failed is
+# kept under another name, for a person to read (it was in outrider's log too, line by line).
 OUTPUT_SUFFIX = ".log"
+FAILED_SUFFIX = ".failed.log"
 
 
 @dataclasses.dataclass
@@ -126,7 +128,14 @@ class RecordStore:
     def save(self, record: EngineRecord) -> None:
         write_json_atomic(self.path(record.model_name), record.to_json())
 
-    def remove(self, model_name: str) -> None:
+    def failed_output_path(self, model_name: str) -> Path:
+        return self.directory / f"{model_name}{FAILED_SUFFIX}"
+
+    def remove(self, model_name: str, *, keep_output: bool = False) -> None:
+        """Forget an engine; `keep_output` keeps its output as `<model>.failed.log` (replacing an older one)."""
+        if keep_output:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.output_path(model_name), self.failed_output_path(model_name))
         for path in (self.path(model_name), self.output_path(model_name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -45,7 +46,7 @@ from outrider.lifecycle.api import Activity, EngineApi
 from outrider.lifecycle.config import LifecycleSettings
 from outrider.lifecycle.output import OutputFollower
 from outrider.lifecycle.records import EngineRecord, RecordStore
-from outrider.logs import register_secrets
+from outrider.logs import register_secrets, request_id
 from outrider.metrics.own import EngineMetrics
 from outrider.sources.uri import parse_source
 from outrider.transfer.jobs import JobManager
@@ -133,6 +134,7 @@ class _Engine:
     start_scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     output_scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     watching: bool = False
+    output_done: trio.Event = dataclasses.field(default_factory=trio.Event)
     stop_begun: bool = False
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
 
@@ -440,8 +442,12 @@ class Supervisor:
         follower = OutputFollower(self.store.output_path(engine.record.model_name), engine.record.model_name, offset)
 
         async def follow() -> None:
-            with engine.output_scope:
-                await follower.run()
+            request_id.set(None)  # the engine's lines belong to no request, not to the one that started it
+            try:
+                with engine.output_scope:
+                    await follower.run()
+            finally:
+                engine.output_done.set()
 
         self._nursery.start_soon(follow)
         self._nursery.start_soon(self._watcher, engine)
@@ -457,7 +463,8 @@ class Supervisor:
                 if engine.exited.is_set():
                     raise EngineFailed(
                         f"the engine for {record.model_name!r} {process.describe_exit(engine.exit_code)} before it "
-                        f"answered /health; its output is in outrider's log (model={record.model_name})"
+                        f"answered /health; its output is in outrider's log (model={record.model_name}) and in "
+                        f"{self.store.failed_output_path(record.model_name)}"
                     )
         raise EngineFailed(
             f"the engine for {record.model_name!r} did not answer /health within {self.settings.ready_timeout:g}s; "
@@ -470,7 +477,7 @@ class Supervisor:
         log.warning("activation of %s failed: %s", record.model_name, why, extra={"model": record.model_name})
         with trio.CancelScope(shield=True):
             await self._stop_group(engine)
-            await self._forget(engine)
+            await self._forget(engine, keep_output=True)
 
     # -- exits -----------------------------------------------------------------------------------------------
 
@@ -549,12 +556,14 @@ class Supervisor:
         finally:
             engine.stopped.set()
 
-    async def _forget(self, engine: _Engine) -> None:
+    async def _forget(self, engine: _Engine, *, keep_output: bool = False) -> None:
         engine.output_scope.cancel()  # the follower logs the engine's last lines as it goes
+        if engine.watching:
+            await engine.output_done.wait()  # before its file is moved away
         name = engine.record.model_name
         if self._engines.get(name) is engine:
             del self._engines[name]
-        await trio.to_thread.run_sync(self.store.remove, name)
+        await trio.to_thread.run_sync(functools.partial(self.store.remove, name, keep_output=keep_output))
         self._changed()
 
     # -- sleep, wake, KV limit -------------------------------------------------------------------------------
