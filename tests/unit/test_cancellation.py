@@ -43,7 +43,7 @@ class HeldHash:
         digest = self._real(expected)
         return None if digest is None else _Counted(digest, self)
 
-    def hashing(self, data: bytes) -> None:
+    def hashing(self, data: bytes | memoryview) -> None:
         with self._lock:
             self.hashed += len(data)
             first, self._held = not self._held, True
@@ -57,7 +57,7 @@ class _Counted:
         self._digest = digest
         self._held = held
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | memoryview, /) -> None:
         self._held.hashing(data)
         self._digest.update(data)
 

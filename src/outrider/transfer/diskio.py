@@ -1,7 +1,7 @@
 """Reading part files back for hashing, into a buffer each thread keeps rather than a new one per read.
 
-A follower hashing a multi-GiB file reads it back in READ_SIZE pieces; `os.pread` would allocate a fresh 4 MiB
-object for each, and fresh memory has to be faulted in page by page (on the bench's VM, expensively: see
+A follower hashing a multi-GiB file reads it back in pieces of a few MiB; `os.pread` would allocate a fresh object
+for each, and fresh memory has to be faulted in page by page (on the bench's VM, expensively: see
 bench/README.md). A page-aligned anonymous map per thread, filled with `os.preadv`, is allocated once.
 """
 
@@ -12,9 +12,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-# Read-back pieces for hashing: large enough that a syscall per piece costs nothing, small enough to stay in cache.
-READ_SIZE = 4 * 1024 * 1024
 
 _local = threading.local()
 
@@ -29,16 +26,16 @@ def buffer(size: int) -> memoryview:
     return memoryview(buffers[size])
 
 
-def read_back(path: Path, start: int, end: int, check: Callable[[], None]) -> Iterator[memoryview]:
-    """Yield bytes [start, end) of the file in order, as views of this thread's read buffer (each valid until the
-    next one is asked for). Stops early, short, if the file ends first. `check()` runs before each read: it
-    raises to stop the reading (a cancel)."""
-    view = buffer(READ_SIZE)
+def read_back(path: Path, start: int, end: int, piece: int, check: Callable[[], None]) -> Iterator[memoryview]:
+    """Yield bytes [start, end) of the file in order, at most `piece` at a time, as views of this thread's buffer
+    (each valid until the next one is asked for). Stops early, short, if the file ends first. `check()` runs before
+    each read: it raises to stop the reading (a cancel)."""
+    view = buffer(piece)
     fd = os.open(path, os.O_RDONLY)
     try:
         while start < end:
             check()
-            got = os.preadv(fd, [view[: min(READ_SIZE, end - start)]], start)
+            got = os.preadv(fd, [view[: min(piece, end - start)]], start)
             if got <= 0:
                 return
             yield view[:got]
