@@ -43,7 +43,7 @@ def vllm_python(session: nox.Session) -> str:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("-e", ".[lint,test]")
+    session.install("-e", ".[lint,test,bench]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

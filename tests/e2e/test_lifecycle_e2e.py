@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,9 +53,17 @@ def _launch_args(vllm_python: str, tmp_path: Path, state: Path, *more: str) -> t
     )  # fmt: skip
 
 
-def _env(tmp_path: Path, **more: str) -> dict[str, str]:
-    engine_tmp = tmp_path / "engine-tmp"  # vLLM leaves files in TMPDIR: keep them in the test's directory
-    engine_tmp.mkdir(exist_ok=True)
+@pytest.fixture
+def engine_tmp() -> Iterator[Path]:
+    """A TMPDIR of the engines' own, removed after the test: vLLM leaves files there. Short, directly under /tmp:
+    vLLM binds ZMQ sockets at ipc://$TMPDIR/<uuid>, and a Unix socket path holds at most 107 bytes, which
+    pytest's tmp_path (/tmp/pytest-of-<user>/pytest-<n>/<test name>/...) exceeds."""
+    path = Path(tempfile.mkdtemp(prefix="ort-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _env(engine_tmp: Path, **more: str) -> dict[str, str]:
     return {**VLLM_ENV, "TMPDIR": str(engine_tmp), **more}
 
 
@@ -102,11 +111,13 @@ def _wait(check: Any, within: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_activate_from_pvc_serve_sleep_wake_deactivate(vllm_python: str, tiny_model: Path, tmp_path: Path) -> None:
+def test_activate_from_pvc_serve_sleep_wake_deactivate(
+    vllm_python: str, tiny_model: Path, tmp_path: Path, engine_tmp: Path
+) -> None:
     shutil.copytree(tiny_model, tmp_path / "volume" / "tiny", dirs_exist_ok=True)
     state = tmp_path / "state"
     with (
-        outrider_process(*_launch_args(vllm_python, tmp_path, state), env=_env(tmp_path)) as url,
+        outrider_process(*_launch_args(vllm_python, tmp_path, state), env=_env(engine_tmp)) as url,
         _client(url) as outrider,
     ):
         answer, took = _activate(outrider, state, model_name="tiny-pvc", artifact_url="pvc://tiny")
@@ -149,7 +160,9 @@ def test_activate_from_pvc_serve_sleep_wake_deactivate(vllm_python: str, tiny_mo
         assert _models(outrider) == {}
 
 
-def test_activate_from_s3_then_a_killed_engine_is_reported(vllm_python: str, tiny_model: Path, tmp_path: Path) -> None:
+def test_activate_from_s3_then_a_killed_engine_is_reported(
+    vllm_python: str, tiny_model: Path, tmp_path: Path, engine_tmp: Path
+) -> None:
     s3 = MotoServer()
     s3.start()
     try:
@@ -159,7 +172,7 @@ def test_activate_from_s3_then_a_killed_engine_is_reported(vllm_python: str, tin
         # The pod's own credentials, in AIBrix's spelling: the engine never sees them.
         pod = {"AWS_ACCESS_KEY_ID": s3.reader[0], "AWS_SECRET_ACCESS_KEY": s3.reader[1], "AWS_ENDPOINT_URL": s3.url}
         with (
-            outrider_process(*_launch_args(vllm_python, tmp_path, state), env=_env(tmp_path, **pod)) as url,
+            outrider_process(*_launch_args(vllm_python, tmp_path, state), env=_env(engine_tmp, **pod)) as url,
             _client(url) as outrider,
         ):
             answer, took = _activate(outrider, state, model_name="tiny-s3", artifact_url="s3://models/tiny")
@@ -180,11 +193,13 @@ def test_activate_from_s3_then_a_killed_engine_is_reported(vllm_python: str, tin
         s3.stop()
 
 
-def test_a_restarted_outrider_adopts_the_running_engine(vllm_python: str, tiny_model: Path, tmp_path: Path) -> None:
+def test_a_restarted_outrider_adopts_the_running_engine(
+    vllm_python: str, tiny_model: Path, tmp_path: Path, engine_tmp: Path
+) -> None:
     shutil.copytree(tiny_model, tmp_path / "models" / "tiny", dirs_exist_ok=True)
     state = tmp_path / "state"
     keep = _launch_args(vllm_python, tmp_path, state, "--engine-on-exit", "keep")
-    with outrider_process(*keep, env=_env(tmp_path)) as url, _client(url) as outrider:
+    with outrider_process(*keep, env=_env(engine_tmp)) as url, _client(url) as outrider:
         answer, took = _activate(outrider, state, model_name="tiny", artifact_url=str(tmp_path / "models" / "tiny"))
         print(f"\nactivation in place (launch, /health): {took:.1f}s")
     # That outrider is gone (SIGTERM); with --engine-on-exit keep its engine is not.
@@ -192,7 +207,7 @@ def test_a_restarted_outrider_adopts_the_running_engine(vllm_python: str, tiny_m
     assert process.group_members(pgid)
     assert _complete(answer["port"], "tiny").status_code == 200
 
-    with outrider_process(*_launch_args(vllm_python, tmp_path, state), env=_env(tmp_path)) as url, _client(url) as o:
+    with outrider_process(*_launch_args(vllm_python, tmp_path, state), env=_env(engine_tmp)) as url, _client(url) as o:
         models = _models(o)
         assert models["tiny"]["phase"] == "active" and models["tiny"]["ready"] is True
         assert models["tiny"]["port"] == answer["port"]

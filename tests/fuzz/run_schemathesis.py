@@ -1,7 +1,8 @@
 """Fuzz the live API with schemathesis: `nox -s fuzz` (extra arguments go to `schemathesis run`).
 
 A real `outrider serve` process beside the stand-in vLLM of tests/fakes (LoRA API and /v1/models), on 127.0.0.1
-ports the OS picks, with a temporary --model-root and --adapter-root, an API token, and every store endpoint
+ports the OS picks, with a temporary --model-root and --adapter-root, the engine lifecycle launching the stand-in
+engine process (tests/fakes/standin_engine.py), an API token, and every store endpoint
 (S3, TOS, Hugging Face) pointed at a closed local port, so no request waits on the internet: a store source ends
 in a prompt 502/503. schemathesis reads /openapi.json from the live server, sends every operation a fixed budget
 of generated requests (positive and negative, a fixed seed) plus stateful sequences over the spec's links, with
@@ -29,6 +30,7 @@ TOKEN = "fuzz-token-not-a-secret"
 # about 25 s on 2 cores.
 MAX_EXAMPLES = 100
 SEED = 20240607
+STANDIN = Path(__file__).resolve().parent.parent / "fakes" / "standin_engine.py"
 
 
 def free_port() -> int:
@@ -78,6 +80,9 @@ async def main(extra: list[str]) -> int:
         "--engine", "vllm", "--host", "127.0.0.1", "--port", str(port), "--pod", "fuzz", "--model", "tiny",
         "--model-root", str(work / "models"), "--adapter-root", str(work / "adapters"),
         "--log-level", "error",
+        # The engine lifecycle on, launching the stand-in engine, so its routes are fuzzed past the 501 of "off".
+        "--engine-launch", f"vllm={sys.executable} {STANDIN}", "--engine-host", "127.0.0.1",
+        "--engine-ports", "24600-24619", "--engine-state-dir", str(work / "engines"), "--engine-ready-timeout", "10",
     ]  # fmt: skip
     async with trio.open_nursery() as nursery:
         await engine.start(nursery)
