@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 import trio
@@ -59,6 +59,7 @@ KV_UNKNOWN = -1
 HBM_UNKNOWN = -1
 
 View = Callable[[], Awaitable[tuple[Response, int]]]
+BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
 
 
 def _supervisor() -> Supervisor:
@@ -72,6 +73,20 @@ def _supervisor() -> Supervisor:
 
 def _phase(record: EngineRecord) -> str:
     return _SHOWN_PHASE.get(record.phase, record.phase)
+
+
+def _route(
+    method: str, path: str, answer: type[BaseModel], request: type[BaseModel] | None = None, *, activate: bool = False
+) -> Callable[[View], View]:
+    """A lifecycle route: registered, described for /openapi.json with every failure it can answer (the reads only
+    501: they take no body and name no model), and its errors answered in AIBrix's fields."""
+    failures = _FAILURES if request is not None else _READ_FAILURES
+
+    def decorator(view: View) -> View:
+        described = describe(request=request, responses={200: answer, **failures})(_answers(activate=activate)(view))
+        return blueprint.route(path, methods=[method])(described)
+
+    return decorator
 
 
 def _answers(*, activate: bool = False) -> Callable[[View], View]:
@@ -110,7 +125,7 @@ def _invalid(exc: RequestSchemaValidationError) -> dict[str, Any]:
     return error_body("invalid_request", "the request does not match its schema", "body")
 
 
-async def _body(model: type[pydantic.BaseModel]) -> Any:
+async def _body(model: type[BodyT]) -> BodyT:
     """The body as `model` (a 400 naming the field otherwise); its model_name, when it is one, goes into any error
     answer, as AIBrix's answers carry it."""
     raw = await json_object()
@@ -123,7 +138,13 @@ async def _body(model: type[pydantic.BaseModel]) -> Any:
         raise RequestSchemaValidationError(exc) from None
 
 
-def _operation(result: OperationResult) -> tuple[Response, int]:
+async def _operate(
+    model: type[BodyT], call: Callable[[Supervisor, BodyT], Awaitable[OperationResult]]
+) -> tuple[Response, int]:
+    """Sleep, wake and kv-limit: the lifecycle's state checked before the body (off is a 501 whatever the body),
+    then the supervisor's operation answered in AIBrix's shape."""
+    supervisor = _supervisor()
+    result = await call(supervisor, await _body(model))
     return jsonify(
         {
             "status": "success",
@@ -135,9 +156,7 @@ def _operation(result: OperationResult) -> tuple[Response, int]:
     ), 200
 
 
-@blueprint.post("/v1/runtime/models/activate")
-@describe(request=m.ActivateRequest, responses={200: m.ActivateAnswer, **_FAILURES})
-@_answers(activate=True)
+@_route("POST", "/v1/runtime/models/activate", m.ActivateAnswer, m.ActivateRequest, activate=True)
 async def activate() -> tuple[Response, int]:
     supervisor = _supervisor()
     body: m.ActivateRequest = await _body(m.ActivateRequest)
@@ -168,9 +187,7 @@ async def activate() -> tuple[Response, int]:
     return jsonify(answer), 200
 
 
-@blueprint.post("/v1/runtime/models/deactivate")
-@describe(request=m.DeactivateRequest, responses={200: m.DeactivateAnswer, **_FAILURES})
-@_answers()
+@_route("POST", "/v1/runtime/models/deactivate", m.DeactivateAnswer, m.DeactivateRequest)
 async def deactivate() -> tuple[Response, int]:
     supervisor = _supervisor()
     body: m.DeactivateRequest = await _body(m.DeactivateRequest)
@@ -181,36 +198,22 @@ async def deactivate() -> tuple[Response, int]:
     return jsonify({"status": "success", "message": f"model {body.model_name!r} was not active"}), 200
 
 
-@blueprint.post("/v1/runtime/models/sleep")
-@describe(request=m.SleepRequest, responses={200: m.OperationAnswer, **_FAILURES})
-@_answers()
+@_route("POST", "/v1/runtime/models/sleep", m.OperationAnswer, m.SleepRequest)
 async def sleep() -> tuple[Response, int]:
-    supervisor = _supervisor()
-    body: m.SleepRequest = await _body(m.SleepRequest)
-    return _operation(await supervisor.sleep(body.model_name, body.level, body.operation_id))
+    return await _operate(m.SleepRequest, lambda s, b: s.sleep(b.model_name, b.level, b.operation_id))
 
 
-@blueprint.post("/v1/runtime/models/wake")
-@describe(request=m.WakeRequest, responses={200: m.OperationAnswer, **_FAILURES})
-@_answers()
+@_route("POST", "/v1/runtime/models/wake", m.OperationAnswer, m.WakeRequest)
 async def wake() -> tuple[Response, int]:
-    supervisor = _supervisor()
-    body: m.WakeRequest = await _body(m.WakeRequest)
-    return _operation(await supervisor.wake(body.model_name, body.operation_id))
+    return await _operate(m.WakeRequest, lambda s, b: s.wake(b.model_name, b.operation_id))
 
 
-@blueprint.post("/v1/runtime/models/kv-limit")
-@describe(request=m.KVLimitRequest, responses={200: m.OperationAnswer, **_FAILURES})
-@_answers()
+@_route("POST", "/v1/runtime/models/kv-limit", m.OperationAnswer, m.KVLimitRequest)
 async def kv_limit() -> tuple[Response, int]:
-    supervisor = _supervisor()
-    body: m.KVLimitRequest = await _body(m.KVLimitRequest)
-    return _operation(await supervisor.kv_limit(body.model_name, body.limit_bytes, body.operation_id))
+    return await _operate(m.KVLimitRequest, lambda s, b: s.kv_limit(b.model_name, b.limit_bytes, b.operation_id))
 
 
-@blueprint.get("/v1/runtime/models")
-@describe(responses={200: m.RuntimeModelList, **_READ_FAILURES})
-@_answers()
+@_route("GET", "/v1/runtime/models", m.RuntimeModelList)
 async def list_models() -> tuple[Response, int]:
     observed = await _supervisor().observe()
     models = []
@@ -231,9 +234,7 @@ async def list_models() -> tuple[Response, int]:
     return jsonify({"models": models}), 200
 
 
-@blueprint.get("/v1/runtime/snapshot")
-@describe(responses={200: m.Snapshot, **_READ_FAILURES})
-@_answers()
+@_route("GET", "/v1/runtime/snapshot", m.Snapshot)
 async def snapshot() -> tuple[Response, int]:
     supervisor = _supervisor()
     observed = await supervisor.observe()

@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import trio
@@ -569,15 +569,10 @@ class Supervisor:
     # -- sleep, wake, KV limit -------------------------------------------------------------------------------
 
     async def sleep(self, model_name: str, level: int, operation_id: str) -> OperationResult:
-        engine = self._require(model_name)
-        async with engine.lock:
-            record = engine.record
-            done = record.completed("sleep", operation_id)
-            if done is not None:
-                return OperationResult(model_name, operation_id, False, done)
+        async def apply(record: EngineRecord) -> bool:
             self._check_sleep_routes(record, "sleep")
             if record.phase == "sleeping":
-                return await self._remember(record, "sleep", operation_id, applied=False)
+                return False
             if record.phase != "active":
                 raise Conflict(f"model {model_name!r} is {record.phase}; only an active engine can sleep")
             await self.api.sleep(record.port, level)
@@ -585,24 +580,23 @@ class Supervisor:
                 raise EngineRefused("the engine accepted the sleep but says it is not sleeping", status=502, reason="")
             record.transition("sleeping")
             log.info("engine %s sleeps (level %d)", model_name, level, extra={"model": model_name})
-            return await self._remember(record, "sleep", operation_id, applied=True)
+            return True
+
+        return await self._once(model_name, "sleep", operation_id, apply)
 
     async def wake(self, model_name: str, operation_id: str) -> OperationResult:
-        engine = self._require(model_name)
-        async with engine.lock:
-            record = engine.record
-            done = record.completed("wake", operation_id)
-            if done is not None:
-                return OperationResult(model_name, operation_id, False, done)
+        async def apply(record: EngineRecord) -> bool:
             self._check_sleep_routes(record, "wake")
             if record.phase != "sleeping":
-                return await self._remember(record, "wake", operation_id, applied=False)
+                return False
             await self.api.wake(record.port)
             if await self.api.is_sleeping(record.port):
                 raise EngineRefused("the engine accepted the wake but says it is still sleeping", status=502, reason="")
             record.transition("active")
             log.info("engine %s is awake", model_name, extra={"model": model_name})
-            return await self._remember(record, "wake", operation_id, applied=True)
+            return True
+
+        return await self._once(model_name, "wake", operation_id, apply)
 
     def _check_sleep_routes(self, record: EngineRecord, action: str) -> None:
         if record.engine != "vllm":
@@ -615,12 +609,7 @@ class Supervisor:
             )
 
     async def kv_limit(self, model_name: str, limit_bytes: int, operation_id: str) -> OperationResult:
-        engine = self._require(model_name)
-        async with engine.lock:
-            record = engine.record
-            done = record.completed("kv-limit", operation_id)
-            if done is not None:
-                return OperationResult(model_name, operation_id, False, done)
+        async def apply(record: EngineRecord) -> bool:
             try:
                 written = await trio.to_thread.run_sync(
                     kvcache.write_limit, self.settings.shm_dir, record.ipc_name, limit_bytes
@@ -634,13 +623,27 @@ class Supervisor:
                     field="model_name",
                 )
             log.info("engine %s KV limit set to %d bytes", model_name, limit_bytes, extra={"model": model_name})
-            return await self._remember(record, "kv-limit", operation_id, applied=True)
+            return True
 
-    async def _remember(self, record: EngineRecord, action: str, operation_id: str, applied: bool) -> OperationResult:
-        record.remember(action, operation_id, record.phase)
-        await self._save(record)
-        self._changed()
-        return OperationResult(record.model_name, operation_id, applied, record.phase)
+        return await self._once(model_name, "kv-limit", operation_id, apply)
+
+    async def _once(
+        self, model_name: str, action: str, operation_id: str, apply: Callable[[EngineRecord], Awaitable[bool]]
+    ) -> OperationResult:
+        """Run `apply` on the engine's record under its lock, once per operation id: a controller retrying a call
+        whose answer it lost gets the first result back with `applied` false, and nothing is done twice.
+        `apply` answers whether it changed anything; what it raises is remembered by nothing, so a retry retries."""
+        engine = self._require(model_name)
+        async with engine.lock:
+            record = engine.record
+            done = record.completed(action, operation_id)
+            if done is not None:
+                return OperationResult(model_name, operation_id, False, done)
+            applied = await apply(record)
+            record.remember(action, operation_id, record.phase)
+            await self._save(record)
+            self._changed()
+            return OperationResult(record.model_name, operation_id, applied, record.phase)
 
     # -- adoption --------------------------------------------------------------------------------------------
 
