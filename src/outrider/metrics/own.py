@@ -6,9 +6,10 @@ families (vLLM's do), and serving ours beside them would make duplicate families
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 
 from outrider import __version__
+from outrider.metrics.families import SUB_SECOND, Families
 
 # Scrape failure reasons: a small closed set, so the label cannot grow without bound.
 FAILURE_REASONS = ("timeout", "connect", "http_status", "protocol", "invalid_page")
@@ -25,63 +26,52 @@ DOWNLOAD_FAILURE_REASONS = (
     "local_io",
     "internal",
 )
+# Engine process phases (lifecycle/records.py), all present from the start so that a phase's count reads 0, not absent.
+ENGINE_PHASES = ("downloading", "booting", "active", "sleeping", "stopping", "failed")
+# How an activation ended: closed, like the other reasons.
+ACTIVATION_RESULTS = ("success", "failed", "cancelled")
 
 
 class OwnMetrics:
     def __init__(self, engine: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.engine_up = Gauge("outrider_engine_up", "1 when the last engine scrape succeeded, else 0.", registry=r)
-        self.scrape_duration = Histogram(
-            "outrider_scrape_duration_seconds",
-            "Time taken by engine metric scrapes, successful or not.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry=r,
+        new = Families(self.registry)
+        self.engine_up = new.gauge("outrider_engine_up", "1 when the last engine scrape succeeded, else 0.")
+        self.scrape_duration = new.histogram(
+            "outrider_scrape_duration_seconds", "Time taken by engine metric scrapes, successful or not.", SUB_SECOND
         )
-        self.scrape_failures = Counter(
-            "outrider_scrape_failures", "Engine scrapes that failed, by reason.", ["reason"], registry=r
+        self.scrape_failures = new.counter(
+            "outrider_scrape_failures", "Engine scrapes that failed, by reason.", reason=FAILURE_REASONS
         )
-        for reason in FAILURE_REASONS:
-            self.scrape_failures.labels(reason)  # present at 0 from the start, so rate() works at once
-        self.scrapes = Counter("outrider_scrapes", "Engine scrapes attempted.", registry=r)
-        self.page_age = Gauge(
+        self.scrapes = new.counter("outrider_scrapes", "Engine scrapes attempted.")
+        self.page_age = new.gauge(
             "outrider_engine_page_age_seconds",
             "Seconds since the engine page being served was fetched (-1 before the first good scrape).",
-            registry=r,
         )
         self.page_age.set(-1)
-        self.page_served = Gauge(
+        self.page_served = new.gauge(
             "outrider_engine_page_served",
             "1 when /metrics includes the engine page, 0 when it is missing or older than --metrics-max-age.",
-            registry=r,
         )
-        self.adapters = Gauge(
-            "outrider_adapters", "Declared LoRA adapters by state.", ["state"], registry=r
-        )  # the states are set for all at start by the reconciler
-        self.adapter_load_seconds = Histogram(
+        # No values up front: the reconciler sets every state's count when it starts.
+        self.adapters = new.gauge("outrider_adapters", "Declared LoRA adapters by state.", state=())
+        self.adapter_load_seconds = new.histogram(
             "outrider_adapter_load_seconds",
             "Time from starting an adapter's fetch to the engine confirming its load.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
-            registry=r,
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
         )
-        self.adapter_unload_seconds = Histogram(
-            "outrider_adapter_unload_seconds",
-            "Time the engine took to unload an adapter.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry=r,
+        self.adapter_unload_seconds = new.histogram(
+            "outrider_adapter_unload_seconds", "Time the engine took to unload an adapter.", SUB_SECOND
         )
-        self.adapter_reconcile_errors = Counter(
+        self.adapter_reconcile_errors = new.counter(
             "outrider_adapter_reconcile_errors",
             "Failures met while making the engine's adapters match the declared set, by reason.",
-            ["reason"],
-            registry=r,
+            reason=RECONCILE_ERROR_REASONS,
         )
-        for reason in RECONCILE_ERROR_REASONS:
-            self.adapter_reconcile_errors.labels(reason)
-        self.downloads = DownloadMetrics(r)
-        self.engines = EngineMetrics(r)
-        self.http = HttpMetrics(r)
-        Info("outrider_build", "outrider build information.", registry=r).info(
+        self.downloads = DownloadMetrics(self.registry)
+        self.engines = EngineMetrics(self.registry)
+        self.http = HttpMetrics(self.registry)
+        Info("outrider_build", "outrider build information.", registry=self.registry).info(
             {"version": __version__, "engine": engine}
         )
 
@@ -93,57 +83,40 @@ class DownloadMetrics:
     """Model download counters, registered in outrider's own registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.bytes = Counter("outrider_download_bytes", "Bytes received from stores by downloads.", registry=r)
-        self.files = Counter("outrider_download_files", "Files verified and published by downloads.", registry=r)
-        self.duration = Histogram(
+        new = Families(registry)
+        self.bytes = new.counter("outrider_download_bytes", "Bytes received from stores by downloads.")
+        self.files = new.counter("outrider_download_files", "Files verified and published by downloads.")
+        self.duration = new.histogram(
             "outrider_download_duration_seconds",
             "Wall time of download jobs that completed.",
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
-            registry=r,
+            (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
         )
-        self.failures = Counter(
-            "outrider_download_failures", "Download jobs that failed, by reason.", ["reason"], registry=r
+        self.failures = new.counter(
+            "outrider_download_failures", "Download jobs that failed, by reason.", reason=DOWNLOAD_FAILURE_REASONS
         )
-        for reason in DOWNLOAD_FAILURE_REASONS:
-            self.failures.labels(reason)
-        self.active = Gauge("outrider_download_jobs_active", "Download jobs queued or running.", registry=r)
-
-
-# Engine process phases (lifecycle/records.py), all present from the start so that a phase's count reads 0, not absent.
-ENGINE_PHASES = ("downloading", "booting", "active", "sleeping", "stopping", "failed")
-# How an activation ended: closed, like the other reasons.
-ACTIVATION_RESULTS = ("success", "failed", "cancelled")
+        self.active = new.gauge("outrider_download_jobs_active", "Download jobs queued or running.")
 
 
 class EngineMetrics:
     """Engines outrider launched (the engine lifecycle): processes by phase, activations and how long they took."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.processes = Gauge(
-            "outrider_engine_processes", "Engines outrider supervises, by phase.", ["phase"], registry=r
+        new = Families(registry)
+        self.processes = new.gauge(
+            "outrider_engine_processes", "Engines outrider supervises, by phase.", phase=ENGINE_PHASES
         )
-        for phase in ENGINE_PHASES:
-            self.processes.labels(phase)
-        self.activations = Counter(
+        self.activations = new.counter(
             "outrider_engine_activations",
             "Engine activations that ended, by result (failed: fetch, launch, exit or timeout before serving).",
-            ["result"],
-            registry=r,
+            result=ACTIVATION_RESULTS,
         )
-        for result in ACTIVATION_RESULTS:
-            self.activations.labels(result)
-        self.exits = Counter(
-            "outrider_engine_exits",
-            "Engines that exited after they had served, without being asked to stop.",
-            registry=r,
+        self.exits = new.counter(
+            "outrider_engine_exits", "Engines that exited after they had served, without being asked to stop."
         )
-        self.activation_duration = Histogram(
+        self.activation_duration = new.histogram(
             "outrider_engine_activation_duration_seconds",
             "Time from an activation request to the engine answering /health (artifact fetch and start-up).",
-            buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600),
-            registry=r,
+            (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600),
         )
 
     def set_phases(self, counts: dict[str, int]) -> None:
@@ -154,7 +127,7 @@ class EngineMetrics:
 # API request methods counted by name; any other method is counted as `other`, so clients cannot grow the label.
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 # From a cached probe answer (~0.1 ms) to a `wait: true` adapter load (tens of seconds).
-HTTP_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+HTTP_DURATION_BUCKETS = (0.0005, *SUB_SECOND, 10.0, 30.0)
 
 
 class HttpMetrics:
