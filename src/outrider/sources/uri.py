@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import ClassVar
 
 from outrider.errors import InvalidSource
 
@@ -29,41 +30,47 @@ _REVISION_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+class _Ref:
+    """What the kinds of reference share: `display`, the source spelled back as a user would write it (for logs and
+    errors). Each kind gives `_SPELLINGS`: the field that may be empty, the spelling when it is set, and when not."""
+
+    _SPELLINGS: ClassVar[tuple[str, str, str]]
+
+    @property
+    def display(self) -> str:
+        optional, when_set, when_empty = self._SPELLINGS
+        return (when_set if getattr(self, optional) else when_empty).format_map(vars(self))
+
+
 @dataclasses.dataclass(frozen=True)
-class BucketRef:
+class BucketRef(_Ref):
     """An object-store prefix: `scheme` is one of s3, obs, tos; `prefix` has no leading or trailing '/'."""
 
     scheme: str
     bucket: str
     prefix: str
 
-    @property
-    def display(self) -> str:
-        return f"{self.scheme}://{self.bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{self.bucket}"
+    _SPELLINGS = ("prefix", "{scheme}://{bucket}/{prefix}", "{scheme}://{bucket}")
 
 
 @dataclasses.dataclass(frozen=True)
-class HubRef:
+class HubRef(_Ref):
     """A Hugging Face model repo; `revision` is None when the source names none (the caller picks a default)."""
 
     repo: str
     revision: str | None = None
 
-    @property
-    def display(self) -> str:
-        return f"hf://{self.repo}@{self.revision}" if self.revision else f"hf://{self.repo}"
+    _SPELLINGS = ("revision", "hf://{repo}@{revision}", "hf://{repo}")
 
 
 @dataclasses.dataclass(frozen=True)
-class VolumeRef:
+class VolumeRef(_Ref):
     """A directory on a mounted volume: `relative` is under the pvc root, else `path` is absolute."""
 
     path: str
     relative: bool
 
-    @property
-    def display(self) -> str:
-        return f"pvc://{self.path}" if self.relative else self.path
+    _SPELLINGS = ("relative", "pvc://{path}", "{path}")
 
 
 SourceRef = BucketRef | HubRef | VolumeRef
