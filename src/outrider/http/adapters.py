@@ -12,6 +12,7 @@ error with its status (the engine's own status when the engine refused, 503 when
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -46,6 +47,24 @@ def _wait_flag(body_wait: bool) -> bool:
 def _record(r: Reconciler, name: str) -> dict[str, Any]:
     rec = r.get(name)
     return rec.to_json(trio.current_time()) if rec is not None else {"name": name, "state": "absent"}
+
+
+async def _answer(
+    r: Reconciler,
+    name: str,
+    wait: bool,
+    outcome: Callable[[], Awaitable[object]],
+    done: Callable[[], dict[str, Any]],
+) -> tuple[Response, int]:
+    """The answer to a declare or retract: 202 with the record at once; with `wait`, once `outcome` ends, 200 with
+    `done()`, or the failure's status with its error and the record as it is then."""
+    if not wait:
+        return jsonify(_record(r, name)), 202
+    try:
+        await outcome()
+    except OutriderError as exc:
+        return jsonify({**exc.to_json(), "adapter": _record(r, name)}), exc.status
+    return jsonify(done()), 200
 
 
 # Every adapter route is a 404 when LoRA management is not running (no --adapter-root and no engine LoRA API).
@@ -94,13 +113,7 @@ async def put_adapter(name: str) -> tuple[Response, int]:
     config = body.config.model_dump(exclude_none=True) if body.config is not None else None
     wait = _wait_flag(body.wait)
     ticket = r.declare(name, body.source.strip(), config)
-    if not wait:
-        return jsonify(_record(r, name)), 202
-    try:
-        await r.wait_loaded(ticket)
-    except OutriderError as exc:
-        return jsonify({**exc.to_json(), "adapter": _record(r, name)}), exc.status
-    return jsonify(_record(r, name)), 200
+    return await _answer(r, name, wait, lambda: r.wait_loaded(ticket), lambda: _record(r, name))
 
 
 @blueprint.delete("/v1/adapters/<path:name>")
@@ -114,10 +127,4 @@ async def delete_adapter(name: str) -> tuple[Response, int]:
     validate_name(name, "name")
     wait = _wait_flag((await strict_body(m.AdapterRetract, optional=True)).wait)
     ticket = r.retract(name)
-    if not wait:
-        return jsonify(_record(r, name)), 202
-    try:
-        await r.wait_gone(ticket)
-    except OutriderError as exc:
-        return jsonify({**exc.to_json(), "adapter": _record(r, name)}), exc.status
-    return jsonify({"name": name, "state": "absent"}), 200
+    return await _answer(r, name, wait, lambda: r.wait_gone(ticket), lambda: {"name": name, "state": "absent"})
