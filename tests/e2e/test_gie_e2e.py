@@ -46,13 +46,16 @@ def engines_own(page: str, family: str) -> list[Series]:
     return found
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    """Poll the async `check()` until true (the state is in other processes; there is no event to wait on)."""
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, seen: Callable[[], str] = lambda: ""
+) -> None:
+    """Poll the async `check()` until true (the state is in other processes; there is no event to wait on).
+    `seen` says what the last check saw, for the failure message."""
     with trio.move_on_after(within):
         while not await check():  # noqa: ASYNC110
             await trio.sleep(0.05)
         return
-    raise AssertionError(f"timed out after {within}s waiting for {what}")
+    raise AssertionError(f"timed out after {within}s waiting for {what}; last seen: {seen()}")
 
 
 async def test_protocol_families_equal_the_engines_and_follow_the_lora(
@@ -82,14 +85,18 @@ async def test_protocol_families_equal_the_engines_and_follow_the_lora(
             served = (await client.get(f"{url}/metrics")).text
             return served, (await client.get(f"{vllm.base_url}/metrics")).text
 
+        last: dict[str, object] = {}
+
         async def idle_and_equal() -> bool:
             served, engine = await pages()
+            families = [QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO]
+            last["served"] = {f: protocol_series(served, f) for f in families if f"# TYPE {f} " in served}
+            last["engine"] = {f: engines_own(engine, f) for f in families}
             if f"# TYPE {RUNNING} " not in served:
                 return False  # not scraped yet
-            families = [QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO]
             return all(protocol_series(served, f) == engines_own(engine, f) for f in families)
 
-        await wait_for(idle_and_equal, 15, "the protocol families equal to the engine's")
+        await wait_for(idle_and_equal, 15, "the protocol families equal to the engine's", lambda: repr(last))
 
         response = await client.put(f"{url}/v1/adapters/{ADAPTER}", json={"source": f"pvc://{ADAPTER}", "wait": True})
         assert response.status_code == 200, response.text
@@ -97,6 +104,7 @@ async def test_protocol_families_equal_the_engines_and_follow_the_lora(
         async def lora_running() -> str:
             served, _ = await pages()
             found = protocol_series(served, LORA_INFO)
+            last["lora"] = found
             assert len(found) <= 1
             return found[0][0]["running_lora_adapters"] if found else ""  # none stamped yet
 
@@ -116,17 +124,27 @@ async def test_protocol_families_equal_the_engines_and_follow_the_lora(
 
         busy = trio.CancelScope()
         nursery.start_soon(keep_busy, busy)
-        await wait_for(listed, 60, f"{ADAPTER} in running_lora_adapters")
+        await wait_for(listed, 60, f"{ADAPTER} in running_lora_adapters", lambda: repr(last))
         busy.cancel()
 
         response = await client.delete(f"{url}/v1/adapters/{ADAPTER}", params={"wait": "true"})
         assert response.status_code == 200, response.text
 
+        # vLLM stamps its LoRA series on an engine step only: if the last request ended on its own before the
+        # cancel, nothing has run since, and the newest series still lists the adapter as running. One request to
+        # the base model is a step that lists the adapter no longer (as the next request of real traffic would).
+        r = await client.post(
+            f"{vllm.base_url}/v1/completions", json={"model": vllm.served_name, "prompt": "hello", "max_tokens": 2}
+        )
+        assert r.status_code == 200, r.text
+
         async def gone() -> bool:
             return ADAPTER not in (await lora_running()).split(",")
 
-        await wait_for(gone, 30, f"{ADAPTER} gone from running_lora_adapters")
-        await wait_for(idle_and_equal, 15, "the protocol families equal to the engine's after the unload")
+        await wait_for(gone, 30, f"{ADAPTER} gone from running_lora_adapters", lambda: repr(last))
+        await wait_for(
+            idle_and_equal, 15, "the protocol families equal to the engine's after the unload", lambda: repr(last)
+        )
         served, _ = await pages()
         assert the_one(served, LORA_INFO)[0]["max_lora"] == "4"  # the engine's --max-loras
         shutdown.set()
