@@ -48,13 +48,6 @@ from outrider.transfer.paths import confine
 
 log = logging.getLogger(__name__)
 
-# Longest wait between retries of a failing adapter: a fixed bad source should not need a restart to be retried
-# within minutes, and a broken one should not hammer the engine.
-BACKOFF_MAX = 300.0
-# No jitter: each adapter retries on its own schedule already, and the wait is shown to callers
-# (`retry_in_seconds`) as the documented interval * 2^n.
-UNJITTERED = 0.0
-
 
 @dataclasses.dataclass(frozen=True)
 class Declaration:
@@ -65,25 +58,29 @@ class Declaration:
     config: Mapping[str, object] | None = None
 
 
+# Longest wait between retries of a failing adapter: a fixed bad source should not need a restart to be retried
+# within minutes, and a broken one should not hammer the engine.
+BACKOFF_MAX = 300.0
+# No jitter: each adapter retries on its own schedule already, and the wait is shown to callers
+# (`retry_in_seconds`) as the documented interval * 2^n.
+UNJITTERED = 0.0
+
+
+# A dataclass for its __init__ only (it keeps what it is given): a Reconciler is one live object, compared by
+# identity and shown with the plain repr, as before.
+@dataclasses.dataclass(eq=False, repr=False)
 class Reconciler:
     """Owns the declared adapters and makes the engine match them. Start `run` with `nursery.start`."""
 
-    def __init__(
-        self,
-        engine: EngineClient,
-        lora: LoraApi,
-        fetcher: AdapterFetcher,
-        *,
-        adapter_root: Path,
-        interval: float,
-        metrics: OwnMetrics | None = None,
-    ) -> None:
-        self.engine = engine
-        self.lora = lora
-        self.fetcher = fetcher
-        self.adapter_root = adapter_root
-        self.interval = interval
-        self.metrics = metrics
+    engine: EngineClient
+    lora: LoraApi
+    fetcher: AdapterFetcher
+    _: dataclasses.KW_ONLY
+    adapter_root: Path
+    interval: float
+    metrics: OwnMetrics | None = None
+
+    def __post_init__(self) -> None:
         self._adapters: dict[str, Adapter] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._busy: set[str] = set()

@@ -41,22 +41,19 @@ class ScrapeFailed(Exception):
         self.reason = reason
 
 
+# A dataclass for its __init__ only (it keeps what it is given): one live object, compared by identity, with the
+# plain repr. What it uses but does not show is passed through __post_init__ and kept private.
+@dataclasses.dataclass(eq=False, repr=False, kw_only=True)
 class Scraper:
-    def __init__(
-        self,
-        *,
-        url: str,
-        interval: float,
-        timeout: float,
-        max_age: float,
-        rewriter: Rewriter,
-        metrics: OwnMetrics,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.url = url
-        self.interval = interval
-        self.timeout = timeout
-        self.max_age = max_age
+    url: str
+    interval: float
+    timeout: float
+    max_age: float
+    rewriter: dataclasses.InitVar[Rewriter]
+    metrics: dataclasses.InitVar[OwnMetrics]
+    headers: dataclasses.InitVar[dict[str, str] | None] = None
+
+    def __post_init__(self, rewriter: Rewriter, metrics: OwnMetrics, headers: dict[str, str] | None) -> None:
         self._rewriter = rewriter
         self._metrics = metrics
         self._headers = {"Accept": ACCEPT, **(headers or {})}

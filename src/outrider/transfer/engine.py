@@ -210,27 +210,21 @@ class Transfer:
         await run.go(files, min(workers or self.options.workers, self.options.workers))
 
 
+# A dataclass for its __init__ only (it keeps the call's arguments): compared by identity, with the plain repr.
+@dataclasses.dataclass(eq=False, repr=False)
 class _Run:
     """One call to Transfer.fetch: its queue of chunks, its watchdog and its manifest flusher."""
 
-    def __init__(
-        self,
-        transfer: Transfer,
-        source: Source,
-        dest: Path,
-        progress: Progress,
-        stop: threading.Event,
-        on_published: Callable[[RemoteFile], Awaitable[None]],
-        chunk_size: int,
-    ) -> None:
-        self.t = transfer
-        self.opts = transfer.options
-        self.source = source
-        self.dest = dest
-        self.progress = progress
-        self.stop = stop
-        self.on_published = on_published
-        self.chunk_size = chunk_size
+    t: Transfer
+    source: Source
+    dest: Path
+    progress: Progress
+    stop: threading.Event
+    on_published: Callable[[RemoteFile], Awaitable[None]]
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        self.opts = self.t.options
         self.tasks: list[_FileTask] = []
         self.queue: collections.deque[tuple[_FileTask, int]] = collections.deque()
         self.active: set[_Attempt] = set()
