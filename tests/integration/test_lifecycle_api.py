@@ -89,6 +89,8 @@ BAD_ACTIVATIONS: list[tuple[dict[str, Any], int, str, str]] = [
     (_activation(additional_config={"engine-arg:--worker-extension-cls": "x.Y"}), 400,
      "additional_config.engine-arg:--worker-extension-cls", "not an engine flag"),
     (_activation(credentials={"LD_PRELOAD": "/tmp/x.so"}), 400, "credentials.LD_PRELOAD", "not known"),
+    (_activation(credentials={"access_key": "AKIDONLY"}), 400, "credentials", "credentials.access_key and"),
+    (_activation(credentials={"endpoint": "ftp://store"}), 400, "credentials", "credentials.endpoint"),
     (_activation(artifact_url="/etc"), 403, "artifact_url", "outside"),
     (_activation(artifact_url="file:///etc"), 400, "artifact_url", "unknown source scheme"),
     (_activation(artifact_url="pvc://../../etc"), 400, "artifact_url", ".."),

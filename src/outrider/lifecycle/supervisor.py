@@ -48,6 +48,7 @@ from outrider.lifecycle.output import OutputFollower
 from outrider.lifecycle.records import EngineRecord, RecordStore
 from outrider.logs import register_secrets, request_id
 from outrider.metrics.own import EngineMetrics
+from outrider.sources.options import parse_config
 from outrider.sources.uri import parse_source
 from outrider.transfer.jobs import JobManager
 from outrider.transfer.paths import confine_off_loop
@@ -758,7 +759,8 @@ def _store_config(credentials: Mapping[str, str] | None) -> dict[str, str] | Non
                 field=f"credentials.{key}",
             )
         config[target] = value
-    return config
+    # Checked here, naming the request's field: the download engine checks it again as a download's `config`.
+    return parse_config(config, field="credentials")
 
 
 @contextlib.contextmanager

@@ -151,10 +151,11 @@ def env_defaults(environ: Mapping[str, str]) -> SourceOptions:
     )
 
 
-def parse_config(config: object) -> dict[str, str]:
+def parse_config(config: object, field: str = "config") -> dict[str, str]:
     """A request's `config`: None, a JSON object, or a JSON string holding one. Only the known keys are kept.
 
-    Raises InvalidRequest with `field="config"`; messages never echo a value."""
+    Raises InvalidRequest naming `field` (the request's name for it: `config` for downloads, `credentials` for
+    an engine activation); messages never echo a value."""
     if config is None or config == "":
         return {}
     data: Any = config
@@ -162,11 +163,11 @@ def parse_config(config: object) -> dict[str, str]:
         try:
             data = json.loads(config)
         except ValueError:
-            raise InvalidRequest("config must be a JSON object or a string holding one", field="config") from None
+            raise InvalidRequest(f"{field} must be a JSON object or a string holding one", field=field) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise InvalidRequest("config must be a JSON object or a string holding one", field="config")
+        raise InvalidRequest(f"{field} must be a JSON object or a string holding one", field=field)
     # Before any check can fail: the log redactor then masks these values wherever they turn up later.
     register_secrets(*(data.get(key) for key in SECRET_CONFIG_KEYS))
     result: dict[str, str] = {}
@@ -175,17 +176,17 @@ def parse_config(config: object) -> dict[str, str]:
         if value is None:
             continue
         if not isinstance(value, str):
-            raise InvalidRequest(f"config.{key} must be a string", field="config")
+            raise InvalidRequest(f"{field}.{key} must be a string", field=field)
         if value.strip():
             result[key] = value.strip()
     for key in ("endpoint", "hf_endpoint"):
         if key in result:
             try:
-                result[key] = normalize_endpoint(result[key], f"config.{key}")
+                result[key] = normalize_endpoint(result[key], f"{field}.{key}")
             except ValueError as exc:
-                raise InvalidRequest(str(exc), field="config") from None
+                raise InvalidRequest(str(exc), field=field) from None
     if ("access_key" in result) != ("secret_key" in result):
-        raise InvalidRequest("config.access_key and config.secret_key must be given together", field="config")
+        raise InvalidRequest(f"{field}.access_key and {field}.secret_key must be given together", field=field)
     return result
 
 
