@@ -24,16 +24,18 @@ from pydantic_settings import BaseSettings, EnvSettingsSource
 
 from outrider import __version__, download_cmd, logs
 from outrider.lifecycle.arguments import engine_environment
-from outrider.option_types import LogFormat, LogLevel
-from outrider.settings import DownloadSettings, Settings, SettingsError, option
+from outrider.lifecycle.options import LifecycleSettings
+from outrider.option_types import LogFormat, LogLevel, option
+from outrider.settings import Settings, SettingsError
 from outrider.sources.options import SourceOptions, env_defaults
 from outrider.transfer.opener import SourceOpener
+from outrider.transfer.settings import DownloadSettings
 
 
 class Option(NamedTuple):
     """One setting as an operator spells it: the field it sets, its flags, its variables (first wins), its help."""
 
-    field: str
+    field: str  # a field of Settings, or `group.field` for a group's (Settings.downloads, Settings.engines)
     flags: tuple[str, ...]
     env: tuple[str, ...]
     info: FieldInfo
@@ -42,17 +44,25 @@ class Option(NamedTuple):
     def dest(self) -> str:
         return self.env[0].removeprefix("OUTRIDER_").lower()
 
+    @property
+    def name(self) -> str:
+        """The field's name in its own class (groups reuse names: the sidecar's host, the engines' host)."""
+        return self.field.rpartition(".")[2]
+
 
 def _option(field: str, info: FieldInfo) -> Option:
     spelled = cast(dict[str, list[str]], info.json_schema_extra)  # see settings.option
     return Option(field, tuple(spelled["flags"]), tuple(spelled["env"]), info)
 
 
-def _options(cls: type[Any]) -> tuple[Option, ...]:
-    return tuple(_option(name, info) for name, info in cls.__pydantic_fields__.items() if info.json_schema_extra)
+def _options(cls: type[Any], group: str = "") -> tuple[Option, ...]:
+    fields = cls.__pydantic_fields__.items()
+    return tuple(_option(f"{group}.{name}" if group else name, info) for name, info in fields if info.json_schema_extra)
 
 
-DOWNLOAD_SETTINGS_OPTIONS = _options(DownloadSettings)
+SETTINGS_OPTIONS = _options(Settings)
+DOWNLOAD_SETTINGS_OPTIONS = _options(DownloadSettings, "downloads")
+LIFECYCLE_OPTIONS = _options(LifecycleSettings, "engines")
 # Inputs to a setting rather than settings: a file holding the API token, the Kthena runtime's Redis variables.
 TOKEN_FILE = _option(
     "api_token_file", option(None, "file holding the API token, e.g. a mounted Secret", "--api-token-file")
@@ -61,10 +71,10 @@ REDIS_ENV = tuple(
     _option(f"redis_{v[6:].lower()}", option(None, "", v))
     for v in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 )
-SERVE_OPTIONS = (*_options(Settings), TOKEN_FILE, *DOWNLOAD_SETTINGS_OPTIONS)
+SERVE_OPTIONS = (*SETTINGS_OPTIONS, TOKEN_FILE, *DOWNLOAD_SETTINGS_OPTIONS, *LIFECYCLE_OPTIONS)
 # `outrider download` spells the worker count --workers too, and it logs like `serve`.
 DOWNLOAD_OPTIONS = tuple(
-    o._replace(flags=("--workers", *o.flags)) if o.field == "workers" else o
+    o._replace(flags=("--workers", *o.flags)) if o.field == "downloads.workers" else o
     for o in SERVE_OPTIONS
     if o in DOWNLOAD_SETTINGS_OPTIONS or o.field in ("log_level", "log_format")
 )
@@ -84,7 +94,9 @@ def shown_default(info: FieldInfo) -> str | None:
         return None
     if isinstance(value, int) and value % 2**20 == 0:
         return f"{value >> 20}MiB"
-    return ",".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, tuple):  # a list of names, or a range of numbers (ports)
+        return ("-" if isinstance(value[0], int) else ",").join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
@@ -125,13 +137,14 @@ def resolve(args: argparse.Namespace, options: Sequence[Option], environ: Mappin
     return {field: value for field, value in raw.items() if value}
 
 
-def _build(cls: type[Any], values: Mapping[str, Any]) -> Any:
-    """`cls(**values)`, or a SettingsError that names the flag (or variable) of the first value refused."""
+def _build(cls: type[Any], values: Mapping[str, Any], options: Sequence[Option]) -> Any:
+    """`cls(**values)`, or a SettingsError that names the flag (or variable), among `cls`'s options, of the first
+    value refused."""
     try:
         return cls(**values)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        o = next(o for o in SERVE_OPTIONS if error["loc"][0] in (o.field, *o.env))
+        o = next(o for o in options if error["loc"][0] in (o.name, *o.env))
         text = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             text = f"required (also read from {', '.join(o.env)})"
@@ -140,11 +153,9 @@ def _build(cls: type[Any], values: Mapping[str, Any]) -> Any:
         raise SettingsError(f"{o.flags[-1]}: {text}") from None
 
 
-def _downloads(raw: dict[str, Any], source_defaults: SourceOptions) -> DownloadSettings:
-    """DownloadSettings from the download options in `raw` (taken out of it)."""
-    given = {o.field: raw.pop(o.field) for o in DOWNLOAD_SETTINGS_OPTIONS if o.field in raw}
-    downloads: DownloadSettings = _build(DownloadSettings, {**given, "source_defaults": source_defaults})
-    return downloads
+def _group(cls: type[Any], options: Sequence[Option], raw: dict[str, Any], **extra: Any) -> Any:
+    """A group of settings (downloads, the engine lifecycle) from its options in `raw` (taken out of it)."""
+    return _build(cls, {**{o.name: raw.pop(o.field) for o in options if o.field in raw}, **extra}, options)
 
 
 def _pod_store(environ: Mapping[str, str]) -> SourceOptions:
@@ -179,7 +190,8 @@ def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
         raw["redis_url"] = f"redis://{auth}{host}:{int(port)}/{int(db)}"
     if "kv_events_endpoint" in raw and "redis_url" not in raw:
         raise SettingsError("--redis-url: required with --kv-events-endpoint (or set REDIS_HOST)")
-    downloads = _downloads(raw, _pod_store(environ))
+    downloads = _group(DownloadSettings, DOWNLOAD_SETTINGS_OPTIONS, raw, source_defaults=_pod_store(environ))
+    engines = _group(LifecycleSettings, LIFECYCLE_OPTIONS, raw, environment=engine_environment(environ))
     settings: Settings = _build(
         Settings,
         {
@@ -187,8 +199,9 @@ def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
             **raw,
             "api_token": token or None,
             "downloads": downloads,
-            "engine_environment": engine_environment(environ),
+            "engines": engines,
         },
+        SETTINGS_OPTIONS,
     )
     if "metrics_max_age" not in raw:
         settings = dataclasses.replace(settings, metrics_max_age=3 * settings.scrape_interval)
@@ -215,10 +228,11 @@ def main(
             settings = serve_settings(args, env)
         else:
             raw, pod_store = resolve(args, DOWNLOAD_OPTIONS, env), _pod_store(env)
-            logging: _Logging = _build(_Logging, {k: raw.pop(k) for k in ("log_level", "log_format") if k in raw})
+            logged: dict[str, Any] = {k: raw.pop(k) for k in ("log_level", "log_format") if k in raw}
+            logging: _Logging = _build(_Logging, logged, DOWNLOAD_OPTIONS)
             logs.configure(logging.log_level, logging.log_format)  # as `serve` logs; the progress display is apart
             logs.REDACTOR.register(logs.secrets_in(pod_store), pinned=True)
-            downloads = _downloads(raw, pod_store)
+            downloads = _group(DownloadSettings, DOWNLOAD_SETTINGS_OPTIONS, raw, source_defaults=pod_store)
     except SettingsError as exc:
         print(f"outrider: error: {exc}", file=sys.stderr)
         return 2

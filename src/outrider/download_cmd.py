@@ -24,12 +24,12 @@ import trio
 from tqdm import tqdm
 
 from outrider.errors import InvalidRequest, OutriderError
-from outrider.settings import DownloadSettings
 from outrider.transfer import download
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.opener import SourceOpener, build_opener
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
+from outrider.transfer.settings import DownloadSettings
 
 # A TTY bar redraws often enough to look live; plain lines (logs) come rarely enough not to flood them.
 BAR_INTERVAL = 0.2

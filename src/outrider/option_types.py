@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
 
 from outrider.lifecycle.config import LaunchCommand, parse_launch, parse_port_range
 from outrider.metrics.concepts import PROFILES
@@ -96,6 +97,9 @@ def _redis_url(raw: str) -> SecretStr:
     return SecretStr(raw)
 
 
+_absolute_dir = _matching("/.*", "an absolute directory path")
+
+
 def _text(parse: Callable[[str], Any]) -> BeforeValidator:
     """Parse what an operator wrote; a value of the field's own type (given by code) goes to the type's checks."""
     return BeforeValidator(lambda raw: parse(raw) if isinstance(raw, str) else raw)
@@ -110,9 +114,7 @@ Profiles = Annotated[tuple[str, ...], _text(_profiles)]
 Prefix = Annotated[str, _text(_matching("[a-zA-Z_][a-zA-Z0-9_]*", "a metric name prefix"))]
 LogLevel = Annotated[str, _text(_one_of("debug", "info", "warning", "error"))]
 LogFormat = Annotated[str, _text(_one_of("json", "text"))]
-Dir = Annotated[
-    str, _text(_matching("/.*", "an absolute directory path")), AfterValidator(lambda p: p.rstrip("/") or "/")
-]
+Dir = Annotated[str, _text(_absolute_dir), AfterValidator(lambda p: p.rstrip("/") or "/")]
 Size = Annotated[int, _text(size), Field(ge=64 * 1024, le=4 * 1024**3)]
 Zmq = Annotated[
     str, _text(_matching(r"tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}|ipc://.+", "a ZMQ endpoint"))
@@ -124,8 +126,18 @@ Suffixes = Annotated[tuple[str, ...], _text(parse_suffixes)]
 Verify = Annotated[bool, _text(lambda raw: _one_of("checksum", "size")(raw) == "checksum")]
 # Checked as text first: pydantic alone would refuse " true" and take "t" or "y".
 Switch = Annotated[bool, _text(_one_of("1", "true", "yes", "on", "0", "false", "no", "off"))]
-# The engine lifecycle's: the commands engines may be launched with (see lifecycle/config.py), a port range kept
-# as written (`20000-20999`, checked here, read by Settings.lifecycle), and what happens to engines at exit.
+# The engine lifecycle's: the commands engines may be launched with (see lifecycle/config.py), a port range
+# (`20000-20999`), and what happens to engines at exit.
 Launch = Annotated[tuple[LaunchCommand, ...], _text(parse_launch)]
-PortRange = Annotated[str, AfterValidator(lambda raw: "-".join(map(str, parse_port_range(raw))))]
-OnExit = Annotated[str, _text(_one_of("stop", "keep"))]
+Ports = Annotated[tuple[int, int], _text(parse_port_range)]
+OnExit = Annotated[Literal["stop", "keep"], _text(_one_of("stop", "keep"))]
+DirPath = Annotated[Path, _text(lambda raw: Path(_absolute_dir(raw)))]
+
+
+def option(default: Any, help: str, *spellings: str) -> Any:
+    """A field an operator sets: its help, flags (`-E`, `--engine`) and the peer runtime's variables."""
+    flags = [s for s in spellings if s.startswith("-")]
+    own = [f"OUTRIDER_{flags[-1][2:].upper().replace('-', '_')}"] if flags else []
+    env = [*own, *(s for s in spellings if not s.startswith("-"))]
+    extra: Any = {"flags": flags, "env": env}  # for cli.py
+    return Field(default, validation_alias=AliasChoices(*env), description=help, json_schema_extra=extra)

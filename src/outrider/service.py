@@ -25,7 +25,7 @@ from outrider.adapters.reconciler import Reconciler
 from outrider.engines import get_engine_spec
 from outrider.engines.client import EngineClient, auth_headers, served_base_model
 from outrider.http.app import create_asgi
-from outrider.lifecycle.config import LifecycleSettings
+from outrider.lifecycle.options import LifecycleSettings
 from outrider.lifecycle.records import EngineRecord
 from outrider.lifecycle.supervisor import Supervisor
 from outrider.metrics.concepts import profile_targets

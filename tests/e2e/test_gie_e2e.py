@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from outrider.metrics.gie import CACHE_CONFIG, KV_USAGE, LORA_INFO, QUEUED, RUNNING
 from outrider.service import serve
-from outrider.settings import DownloadSettings, Settings
+from outrider.settings import Settings
+from outrider.transfer.settings import DownloadSettings
 from tests.e2e.engine import VllmProcess, build_adapter
 
 ADAPTER = "tiny-gie-lora"

@@ -16,8 +16,10 @@ import httpx
 
 from outrider.lifecycle import process
 from outrider.lifecycle.arguments import engine_environment
-from outrider.lifecycle.config import LifecycleSettings, parse_launch
-from outrider.settings import DownloadSettings, Settings
+from outrider.lifecycle.config import parse_launch
+from outrider.lifecycle.options import LifecycleSettings
+from outrider.settings import Settings
+from outrider.transfer.settings import DownloadSettings
 from tests.integration.conftest import wait_until
 
 STANDIN = Path(__file__).resolve().parent.parent / "fakes" / "standin_engine.py"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from outrider.settings import DownloadSettings, Settings
+from outrider.settings import Settings
+from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 
 INTERVAL = 0.2

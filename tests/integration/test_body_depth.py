@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from outrider.http.body import MAX_JSON_DEPTH
-from outrider.settings import DownloadSettings
+from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider
 from tests.integration.lora_fixtures import lora_settings, root, vllm

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from outrider.errors import InvalidSource
 from outrider.service import serve
-from outrider.settings import DownloadSettings
 from outrider.sources.base import Checksum, Source
+from outrider.transfer.settings import DownloadSettings
 from outrider.transfer.state import RECORD_NAME
 from tests.fakes.engine import FakeEngine
 from tests.fakes.http_store import RangeServer, http_opener

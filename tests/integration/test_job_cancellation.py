@@ -15,11 +15,11 @@ import pytest
 import trio
 import trio.testing
 
-from outrider.settings import DownloadSettings
 from outrider.sources.base import RemoteFile, Source
 from outrider.transfer import engine, state
 from outrider.transfer.engine import TransferOptions
 from outrider.transfer.jobs import DownloadRequest, JobManager
+from outrider.transfer.settings import DownloadSettings
 from tests.fakes.sources import MemorySource
 
 CHUNK = 256 * 1024

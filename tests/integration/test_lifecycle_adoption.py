@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from outrider.lifecycle import process
-from outrider.lifecycle.config import LifecycleSettings, parse_launch
+from outrider.lifecycle.config import parse_launch
+from outrider.lifecycle.options import LifecycleSettings
 from outrider.lifecycle.records import EngineRecord, RecordStore
 from tests.fakes.engine import FakeEngine
 from tests.integration.conftest import Running, start_outrider, wait_until

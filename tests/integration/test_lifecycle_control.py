@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import trio
 
-from outrider.lifecycle.config import LifecycleSettings
+from outrider.lifecycle.options import LifecycleSettings
 from tests.fakes.engine import FakeEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lifecycle_fixtures import (

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from outrider.lifecycle import process
-from outrider.lifecycle.config import LifecycleSettings
+from outrider.lifecycle.options import LifecycleSettings
 from tests.fakes.engine import FakeEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lifecycle_fixtures import (

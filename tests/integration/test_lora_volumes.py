@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from outrider.settings import DownloadSettings
+from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lora_fixtures import make_adapter, vllm

@@ -22,8 +22,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from outrider import logs
-from outrider.settings import DownloadSettings
 from outrider.sources.options import SourceOptions
+from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lora_fixtures import lora_settings, make_adapter

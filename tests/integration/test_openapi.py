@@ -11,7 +11,7 @@ import trio
 
 from outrider.http.app import create_app
 from outrider.http.hot import HotRoutes
-from outrider.settings import DownloadSettings
+from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider
 from tests.integration.lora_fixtures import lora_settings, root, vllm

@@ -1,8 +1,8 @@
-"""What the operator allows the engine lifecycle to do: the commands it may launch and where engines may live.
+"""The commands the operator allows the engine lifecycle to launch, and the defaults of its other options.
 
 A request can only pick one of the operator's commands by its engine (`vllm`, `sglang`) and fill in the arguments
 `arguments.py` allows; the program, its fixed arguments, the environment, the port range and the directories are
-the operator's. `parse_launch` and `parse_port_range` read the operator's spelling of them (flags and variables).
+the operator's (options.py). `parse_launch` and `parse_port_range` read the operator's spelling of them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import dataclasses
 import os
 import shlex
 import shutil
-from pathlib import Path
-from typing import Literal
 
 ENGINE_KINDS = ("vllm", "sglang")
 # AIBrix's runtime picks engine ports from 20000-21000; the same default keeps its manifests' port notes true.
@@ -30,8 +28,6 @@ DEFAULT_ANSWER_WITHIN = 50.0
 # Flags outrider sets itself on every launch: an operator's command that also set them would be overridden.
 RESERVED_FLAGS = ("--model", "--model-path", "--served-model-name", "--host", "--port", "--api-key")
 
-OnExit = Literal["stop", "keep"]
-
 
 @dataclasses.dataclass(frozen=True)
 class LaunchCommand:
@@ -39,37 +35,6 @@ class LaunchCommand:
 
     engine: str
     argv: tuple[str, ...]  # argv[0] is an absolute path to an executable
-
-
-@dataclasses.dataclass(frozen=True)
-class LifecycleSettings:
-    """The engine lifecycle's configuration; the lifecycle is off when a Settings carries none."""
-
-    commands: tuple[LaunchCommand, ...]
-    state_dir: Path  # the engines' records and output; per pod (never a shared volume: pids are per host)
-    ports: tuple[int, int] = DEFAULT_PORTS  # inclusive
-    host: str = "0.0.0.0"  # where engines listen: the pod's address, so a gateway can reach them
-    stop_grace: float = DEFAULT_STOP_GRACE
-    ready_timeout: float = DEFAULT_READY_TIMEOUT
-    answer_within: float = DEFAULT_ANSWER_WITHIN
-    # Start vLLM with VLLM_SERVER_DEV_MODE=1: its /sleep, /wake_up and /is_sleeping routes exist only then. They
-    # come with vLLM's other development routes (/collective_rpc among them) on the engine's port, unauthenticated,
-    # so this is the operator's choice, off by default; sleep and wake answer 409 without it.
-    dev_routes: bool = False
-    # What outrider does with its engines when it stops: stop them (no engine outlives its supervisor), or keep
-    # them running for the next outrider to adopt from the records.
-    on_exit: OnExit = "stop"
-    shm_dir: Path = Path("/dev/shm")  # where kvcached keeps its per-engine segments
-    # The environment engines start from (outrider's own, without its settings and credentials: see
-    # arguments.engine_environment); cli.py takes it from the process, tests give their own.
-    environment: tuple[tuple[str, str], ...] = ()
-
-    def command(self, engine: str) -> LaunchCommand | None:
-        return next((c for c in self.commands if c.engine == engine), None)
-
-    @property
-    def engines(self) -> tuple[str, ...]:
-        return tuple(c.engine for c in self.commands)
 
 
 def parse_launch(raw: str) -> tuple[LaunchCommand, ...]:

@@ -43,7 +43,7 @@ from outrider.errors import (
 )
 from outrider.lifecycle import arguments, kvcache, process
 from outrider.lifecycle.api import Activity, EngineApi
-from outrider.lifecycle.config import LifecycleSettings
+from outrider.lifecycle.options import LifecycleSettings
 from outrider.lifecycle.output import OutputFollower
 from outrider.lifecycle.records import EngineRecord, RecordStore
 from outrider.logs import register_secrets, request_id

@@ -27,13 +27,13 @@ import trio
 
 from outrider.errors import Conflict, NotFound, OutriderError
 from outrider.metrics.own import DownloadMetrics, download_failure_reason
-from outrider.settings import DownloadSettings
 from outrider.transfer import download, state
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.opener import SourceOpener
 from outrider.transfer.paths import join_under
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
+from outrider.transfer.settings import DownloadSettings
 
 log = logging.getLogger(__name__)
 

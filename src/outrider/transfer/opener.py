@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from outrider.settings import DownloadSettings
 from outrider.sources import open_source, parse_source, resolve_options
 from outrider.sources.base import Source
+from outrider.transfer.settings import DownloadSettings
 
 #: Turn a request's `source` (s3://, obs://, tos://, pvc://, hf://, org/name, ...) and its `config` (credentials,
 #: endpoint, revision; None when absent) into a Source. Blocking (it may build SDK clients): called from a thread.
