@@ -85,6 +85,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/checksum_bench.py")
     session.run("python", "bench/lora_bench.py")
     session.run("python", "bench/kv_events_bench.py")
+    session.run("python", "bench/lifecycle_bench.py", "--vllm-python", vllm_python(session))
 
 
 @nox.session
