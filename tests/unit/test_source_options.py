@@ -8,7 +8,13 @@ import json
 import pytest
 
 from outrider.errors import InvalidRequest
-from outrider.sources.options import SourceOptions, env_defaults, parse_config, resolve_options
+from outrider.sources.options import (
+    SourceOptions,
+    credentials_config,
+    env_defaults,
+    parse_config,
+    resolve_options,
+)
 from outrider.sources.uri import BucketRef, HubRef
 
 S3 = BucketRef("s3", "models", "llama")
@@ -130,6 +136,45 @@ def test_bad_config_messages_do_not_echo_values() -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_config('{"secret_key": "topsecret", ')
     assert "topsecret" not in info.value.message
+
+
+def test_aibrix_credentials_in_any_spelling_merge_into_one_config() -> None:
+    """AIBrix's own downloader spellings, the env's and the store's all land on the store's keys; the second part
+    (a delegated load's `additional_config`) wins key by key, as AIBrix merges it."""
+    config = credentials_config(
+        ("credentials", {"aws_access_key_id": "ak", "aws_secret_access_key": "sk", "aws_region": "r1"}),
+        ("additional_config", {"AWS_REGION": "r2", "tos_endpoint": "tos.example", "enable_crc": "true"}),
+    )
+    assert config == {
+        "access_key": "ak",
+        "secret_key": "sk",
+        "region": "r2",
+        "endpoint": "https://tos.example",
+    }
+    assert credentials_config(("credentials", {"huggingface_token": "t"})) == {"hf_token": "t"}
+    assert credentials_config(("credentials", None), ("additional_config", {})) is None
+    # Keys split between the parts still travel together.
+    assert credentials_config(("credentials", {"access_key": "ak"}), ("additional_config", {"SECRET_KEY": "sk"}))
+
+
+@pytest.mark.parametrize(
+    ("credentials", "extra", "field"),
+    [
+        ({"LD_PRELOAD": "/x.so"}, None, "credentials.LD_PRELOAD"),
+        (["access_key"], None, "credentials"),
+        ({"access_key": 5, "secret_key": "x"}, None, "credentials"),
+        ({"enable_crc": ["x"]}, None, "credentials"),
+        ({"endpoint": "x" * 5000}, None, "credentials"),
+        ({"access_key": "ak-only"}, None, "credentials"),
+        ({"access_key": "ak", "secret_key": "sk"}, {"endpoint": "ftp://x"}, "additional_config"),
+        (None, {"gcp_service_account_json": "{}"}, "additional_config.gcp_service_account_json"),
+    ],
+)
+def test_bad_credentials_name_their_part(credentials: object, extra: object, field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        credentials_config(("credentials", credentials), ("additional_config", extra))
+    assert (info.value.field, info.value.status) == (field, 400)
+    assert "ak-only" not in info.value.message
 
 
 # -- precedence ---------------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from outrider.sources.uri import BucketRef, HubRef, VolumeRef, parse_source
         ("hf://org/name@abc123", HubRef("org/name", "abc123")),
         ("hf://org/name@refs/pr/1", HubRef("org/name", "refs/pr/1")),
         ("hf://gpt2", HubRef("gpt2", None)),
+        ("huggingface://org/name", HubRef("org/name", None)),  # AIBrix's spelling
+        ("HuggingFace://org/name@v1", HubRef("org/name", "v1")),
     ],
 )
 def test_parses(raw: str, expected: object) -> None:

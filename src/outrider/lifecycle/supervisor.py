@@ -46,9 +46,9 @@ from outrider.lifecycle.api import Activity, EngineApi
 from outrider.lifecycle.options import LifecycleSettings
 from outrider.lifecycle.output import OutputFollower
 from outrider.lifecycle.records import EngineRecord, RecordStore
-from outrider.logs import register_secrets, request_id
+from outrider.logs import request_id
 from outrider.metrics.own import EngineMetrics
-from outrider.sources.options import parse_config
+from outrider.sources.options import credentials_config
 from outrider.sources.uri import parse_source
 from outrider.transfer.jobs import JobManager
 from outrider.transfer.paths import confine_off_loop
@@ -60,29 +60,6 @@ log = logging.getLogger(__name__)
 HEALTH_POLL = 0.5
 # Phases in which an engine is on its way or serving, i.e. the engine outrider's scrape and /ready follow.
 _LIVE = ("downloading", "booting", "active", "sleeping")
-# `credentials` keys an activation accepts, in the store's spelling or the AIBrix / Kthena environment's spelling.
-_CREDENTIAL_KEYS = {
-    "access_key": "access_key",
-    "ACCESS_KEY": "access_key",
-    "AWS_ACCESS_KEY_ID": "access_key",
-    "secret_key": "secret_key",
-    "SECRET_KEY": "secret_key",
-    "AWS_SECRET_ACCESS_KEY": "secret_key",
-    "session_token": "session_token",
-    "AWS_SESSION_TOKEN": "session_token",
-    "endpoint": "endpoint",
-    "ENDPOINT": "endpoint",
-    "AWS_ENDPOINT_URL": "endpoint",
-    "region": "region",
-    "AWS_REGION": "region",
-    "hf_token": "hf_token",
-    "HF_TOKEN": "hf_token",
-    "HF_AUTH_TOKEN": "hf_token",
-    "hf_endpoint": "hf_endpoint",
-    "HF_ENDPOINT": "hf_endpoint",
-    "hf_revision": "hf_revision",
-    "HF_REVISION": "hf_revision",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +231,7 @@ class Supervisor:
         flags += arguments.engine_flags(
             request.engine, arguments.legacy_flags(request.legacy_args), "additional_config.engine-arg:"
         )
-        config = _store_config(request.credentials)
+        config = credentials_config(("credentials", request.credentials))
         with _naming_the_artifact():
             parse_source(request.artifact_url)  # a malformed source is refused before anything is recorded
         artifact = display_source(request.artifact_url.strip())
@@ -742,25 +719,6 @@ class Supervisor:
             self._followed = key
             if self._on_change is not None:
                 self._on_change(newest)
-
-
-def _store_config(credentials: Mapping[str, str] | None) -> dict[str, str] | None:
-    """An activation's `credentials` as a download's store options (see sources/options.py)."""
-    if not credentials:
-        return None
-    register_secrets(*credentials.values())  # before anything can fail and be logged
-    config: dict[str, str] = {}
-    for key, value in credentials.items():
-        target = _CREDENTIAL_KEYS.get(key)
-        if target is None:
-            raise InvalidRequest(
-                f"credentials key {key!r} is not known (use access_key, secret_key, session_token, endpoint, region, "
-                "hf_token, hf_endpoint, hf_revision, or their AWS_* / HF_* variable names)",
-                field=f"credentials.{key}",
-            )
-        config[target] = value
-    # Checked here, naming the request's field: the download engine checks it again as a download's `config`.
-    return parse_config(config, field="credentials")
 
 
 @contextlib.contextmanager

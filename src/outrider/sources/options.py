@@ -33,6 +33,9 @@ from outrider.sources.uri import BucketRef, HubRef, SourceRef
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_HF_REVISION = "main"
 
+# Longest value of one store option (a key, an endpoint, a token) in an AIBrix-shaped `credentials`, as in a
+# native `config`: real ones are far shorter, and a bound keeps records small.
+MAX_OPTION = 4096
 # The keys of a request's `config` that hold credentials (registered with the log redactor when parsed).
 SECRET_CONFIG_KEYS = ("access_key", "secret_key", "session_token", "hf_token")
 # Keys a request's `config` may set. Unknown keys are ignored: Kthena and AIBrix clients send extra ones.
@@ -46,6 +49,37 @@ _CONFIG_KEYS = (
     "hf_endpoint",
     "hf_revision",
 )
+
+# `credentials` keys the AIBrix-shaped routes take (an engine activation's, a delegated LoRA load's and its
+# `additional_config`), to their `config` key: the store's spelling, the pod environment's (Kthena, AIBrix), and
+# the one AIBrix 0.8's own artifact downloaders read (`aws_access_key_id`, `TOS_ACCESS_KEY`, `huggingface_token`).
+CREDENTIAL_KEYS = {
+    **{key: key for key in _CONFIG_KEYS},
+    "ACCESS_KEY": "access_key",
+    "AWS_ACCESS_KEY_ID": "access_key",
+    "aws_access_key_id": "access_key",
+    "TOS_ACCESS_KEY": "access_key",
+    "SECRET_KEY": "secret_key",
+    "AWS_SECRET_ACCESS_KEY": "secret_key",
+    "aws_secret_access_key": "secret_key",
+    "TOS_SECRET_KEY": "secret_key",
+    "AWS_SESSION_TOKEN": "session_token",
+    "aws_session_token": "session_token",
+    "TOS_SESSION_KEY": "session_token",
+    "ENDPOINT": "endpoint",
+    "AWS_ENDPOINT_URL": "endpoint",
+    "tos_endpoint": "endpoint",
+    "AWS_REGION": "region",
+    "aws_region": "region",
+    "tos_region": "region",
+    "HF_TOKEN": "hf_token",
+    "HF_AUTH_TOKEN": "hf_token",
+    "huggingface_token": "hf_token",
+    "HF_ENDPOINT": "hf_endpoint",
+    "HF_REVISION": "hf_revision",
+}
+# Keys AIBrix's TOS downloader reads that outrider has no use for: it checks TOS's CRC64 on every download anyway.
+IGNORED_CREDENTIAL_KEYS = frozenset({"enable_crc", "tos_enable_crc"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,11 +185,12 @@ def env_defaults(environ: Mapping[str, str]) -> SourceOptions:
     )
 
 
-def parse_config(config: object, field: str = "config") -> dict[str, str]:
+def parse_config(config: object, field: str = "config", *, pairs: bool = True) -> dict[str, str]:
     """A request's `config`: None, a JSON object, or a JSON string holding one. Only the known keys are kept.
 
     Raises InvalidRequest naming `field` (the request's name for it: `config` for downloads, `credentials` for
-    an engine activation); messages never echo a value."""
+    an engine activation); messages never echo a value. `pairs=False` skips the rule that keys travel together
+    (for one part of a config merged from several)."""
     if config is None or config == "":
         return {}
     data: Any = config
@@ -185,9 +220,46 @@ def parse_config(config: object, field: str = "config") -> dict[str, str]:
                 result[key] = normalize_endpoint(result[key], f"{field}.{key}")
             except ValueError as exc:
                 raise InvalidRequest(str(exc), field=field) from None
-    if ("access_key" in result) != ("secret_key" in result):
+    if pairs and ("access_key" in result) != ("secret_key" in result):
         raise InvalidRequest(f"{field}.access_key and {field}.secret_key must be given together", field=field)
     return result
+
+
+def credentials_config(*parts: tuple[str, object]) -> dict[str, str] | None:
+    """AIBrix-shaped `credentials` (and what is merged over them, e.g. a LoRA load's `additional_config`) as a
+    download's `config`: `parts` are (field, mapping) pairs, later ones winning key by key, as AIBrix merges them.
+
+    An unknown key is refused naming `field.key`, anything else naming the part's field (a value is never echoed).
+    Returns None when no part holds a key."""
+    merged: dict[str, str] = {}
+    for field, credentials in parts:
+        if credentials is None or credentials == "":
+            continue
+        if not isinstance(credentials, Mapping):
+            raise InvalidRequest(f"{field} must be a JSON object of strings", field=field)
+        register_secrets(*credentials.values())  # before anything can fail and be logged
+        config: dict[str, object] = {}
+        for key, value in credentials.items():
+            if isinstance(value, str) and len(value) > MAX_OPTION:
+                raise InvalidRequest(f"{field}.{key} is longer than {MAX_OPTION} characters", field=field)
+            if key in IGNORED_CREDENTIAL_KEYS:
+                if not isinstance(value, str):
+                    raise InvalidRequest(f"{field}.{key} must be a string", field=field)
+                continue
+            target = CREDENTIAL_KEYS.get(key)
+            if target is None:
+                key = key if len(key) <= 64 else key[:64] + "..."  # a key is no secret, but may be any length
+                raise InvalidRequest(
+                    f"{field} key {key!r} is not known (use access_key, secret_key, session_token, endpoint, region, "
+                    "hf_token, hf_endpoint, hf_revision, or their AWS_* / TOS_* / HF_* variable names)",
+                    field=f"{field}.{key}",
+                )
+            config[target] = value
+        # Each part's values are checked naming the part (types, endpoints); the pair rule once they are merged.
+        merged.update(parse_config(config, field, pairs=False))
+    if not merged:
+        return None
+    return parse_config(merged, field=parts[0][0])
 
 
 def resolve_options(

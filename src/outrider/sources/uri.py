@@ -5,7 +5,8 @@ Accepted spellings:
 - `pvc://path`: a directory on a mounted volume, relative to the pod's `--pvc-root` (leading slashes are ignored,
   so `pvc://models/x` and `pvc:///models/x` name the same directory).
 - `/absolute/path`: a directory on a mounted volume, named absolutely; it must still lie under `--pvc-root`.
-- `org/name`, `hf://org/name`, `hf://name`, each with an optional `@revision`: a Hugging Face model repo.
+- `org/name`, `hf://org/name`, `hf://name`, each with an optional `@revision`: a Hugging Face model repo
+  (`huggingface://` is AIBrix's spelling of `hf://`).
 
 Every refusal is an `InvalidSource` with `field="source"`. A source that looks like it carries a credential
 (`s3://key:secret@bucket`), a query or a fragment is refused without echoing it, since those are where presigned
@@ -157,6 +158,8 @@ def parse_source(raw: str) -> SourceRef:
     scheme = match.group(1).lower()
     rest = source[match.end() :]
     authority = rest.split("/", 1)[0]
+    if scheme == "huggingface":  # AIBrix's artifact URLs spell the Hub so
+        scheme = "hf"
     if "@" in authority and scheme != "hf":
         raise _invalid(
             f"{scheme}:// source must not carry credentials; pass them in the request's config or the pod's env"
