@@ -152,14 +152,17 @@ class Reconciler:
         self._changed_now(wake=True)
         return self._ticket(rec)
 
-    def retract(self, name: str, *, origin: Origin = Origin.API) -> Ticket:
-        """Declare that `name` should no longer be loaded. Raises NotFound if it is not declared."""
+    def retract(self, name: str, *, origin: Origin = Origin.API, keep_files: bool = False) -> Ticket:
+        """Declare that `name` should no longer be loaded. Raises NotFound if it is not declared.
+
+        `keep_files`: leave what outrider downloaded for it on disk once it is unloaded (else it is deleted)."""
         rec = self._adapters.get(name)
         if rec is None or not rec.desired:
             raise NotFound(f"adapter {name!r} is not declared", field="name")
         if rec.origin == Origin.FILE and origin == Origin.API:
             raise Conflict(f"adapter {name!r} is declared by the adapters file; remove it there", field="name")
         rec.desired = False
+        rec.keep_files = keep_files  # before anything below can forget the record
         rec.retry_at = 0.0
         rec.failures = 0
         rec.error = None
@@ -237,17 +240,21 @@ class Reconciler:
                 self.retract(name)
             raise
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, keep_files: bool = False, missing_ok: bool = False) -> None:
         """Unload `name` now, whoever loaded it. Returns only if the engine unloaded it (or a retraction
-        of outrider's own load completed); raises NotFound when the engine does not have it."""
+        of outrider's own load completed); raises NotFound when the engine does not have it, unless `missing_ok`.
+
+        `keep_files` leaves what outrider downloaded for it on disk (AIBrix's `cleanup_local: false`); by default
+        it is deleted once the adapter is gone. Files outrider did not write are never deleted either way."""
         rec = self._adapters.get(name)
         if rec is not None and rec.desired:
             owned = rec.loaded_path is not None or name in self._busy
-            ticket = self.retract(name)
+            ticket = self.retract(name, keep_files=keep_files)
             if owned:
                 await self.wait_gone(ticket)
                 return
         elif rec is not None:  # already being unloaded
+            rec.keep_files = keep_files  # the latest caller's wish
             await self.wait_gone(self._ticket(rec))
             return
         # Not outrider's: relay to the engine, under the name's lock so it cannot interleave with a load.
@@ -255,9 +262,10 @@ class Reconciler:
             try:
                 await self.lora.unload(self.engine, name)
             except EngineRefused as exc:
-                if exc.reason == "unknown_adapter":
+                if exc.reason != "unknown_adapter":
+                    raise
+                if not missing_ok:
                     raise NotFound(exc.message, field="lora_name") from None
-                raise
 
     # ----- the loop ---------------------------------------------------------------------------------------------
 
@@ -476,7 +484,7 @@ class Reconciler:
             lock = self._locks.get(rec.name)
             if lock is not None and not lock.locked():
                 del self._locks[rec.name]
-            if rec.downloaded and rec.path is not None and self._nursery is not None:
+            if rec.downloaded and not rec.keep_files and rec.path is not None and self._nursery is not None:
                 self._nursery.start_soon(self._delete_download, rec.name, rec.path)
         self._changed_now()
 

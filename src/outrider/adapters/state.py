@@ -66,6 +66,7 @@ class Adapter:
     retry_at: float = 0.0  # trio clock; no attempt before it
     path: Path | None = None  # the directory handed to the engine, once fetched
     downloaded: bool = False  # `path` was written by outrider (deleted once no longer declared), not a volume source
+    keep_files: bool = False  # retracted with AIBrix's `cleanup_local: false`: what it downloaded stays on disk
     loaded_path: str | None = None  # set while the engine holds it because outrider loaded (or adopted) it
     loaded_at: float | None = None
     updated_at: float = 0.0
