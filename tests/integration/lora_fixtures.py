@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import trio
 from outrider.settings import Settings
 from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
+from tests.integration.conftest import Running, start_outrider
 
 INTERVAL = 0.2
 
@@ -66,3 +68,36 @@ def lora_settings(engine: FakeLoraEngine, root: Path, **changes: object) -> Sett
         downloads=DownloadSettings(pvc_root=str(root)),  # pvc://name: the adapters made under `root`
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class Layout:
+    pvc: Path  # --pvc-root: a volume the engine does not mount
+    adapters: Path  # --adapter-root: the volume both containers mount
+    elsewhere: Path  # outside both
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    """Separate pvc and adapter roots: `pvc://lora-a` must be copied, `<adapter-root>/in-place` is read in place."""
+    found = Layout(tmp_path / "data" / "pvc", tmp_path / "models" / "adapters", tmp_path / "elsewhere")
+    for path in dataclasses.astuple(found):
+        path.mkdir(parents=True)
+    make_adapter(found.pvc, "lora-a")
+    make_adapter(found.adapters, "in-place")
+    return found
+
+
+async def start_on(nursery: trio.Nursery, engine: FakeLoraEngine, layout: Layout) -> Running:
+    """outrider with `layout`'s roots (downloads confined to the adapter root)."""
+    settings = lora_settings(
+        engine, layout.adapters, downloads=DownloadSettings(model_root=str(layout.adapters), pvc_root=str(layout.pvc))
+    )
+    return await start_outrider(nursery, settings)
+
+
+def assert_downloaded(dest: Path, files: Mapping[str, bytes]) -> None:
+    """`dest` holds `files` (keyed `<prefix>/<path>`, as seeded in a bucket), byte for byte."""
+    for key, data in files.items():
+        got = (dest / key.split("/", 1)[1]).read_bytes()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import trio
 from outrider.sources.options import SourceOptions
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import start_outrider
-from tests.integration.lora_fixtures import lora_settings, root, vllm
+from tests.integration.lora_fixtures import assert_downloaded, lora_settings, root, vllm
 from tests.servers.moto import MotoServer
 
 __all__ = ["root", "vllm"]
@@ -37,12 +36,6 @@ def moto() -> Iterator[MotoServer]:
         server.stop()
 
 
-def assert_downloaded(dest: Path) -> None:
-    for key, data in FILES.items():
-        got = (dest / key.split("/", 1)[1]).read_bytes()
-        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), key
-
-
 async def test_kthena_load_downloads_from_s3_with_request_credentials(
     nursery: trio.Nursery, vllm: FakeLoraEngine, root: Path, moto: MotoServer
 ) -> None:
@@ -55,7 +48,7 @@ async def test_kthena_load_downloads_from_s3_with_request_credentials(
     )
     assert response.status_code == 200, response.text
     dest = root / "sql"
-    assert_downloaded(dest)
+    assert_downloaded(dest, FILES)
     assert [c.path for c in vllm.load_calls("sql")] == [str(dest)]
     assert moto.reader[1] not in response.text
     o.shutdown.set()
@@ -74,7 +67,7 @@ async def test_aibrix_load_from_s3_uses_the_pods_own_credentials(
         "/v1/lora_adapter/load", json={"lora_name": "sql2", "lora_path": f"s3://{BUCKET}/sql"}, timeout=60
     )
     assert response.status_code == 200, response.text
-    assert_downloaded(root / "sql2")
+    assert_downloaded(root / "sql2", FILES)
     # Wrong credentials are the store's 403, relayed as JSON, and nothing is loaded.
     bad = {"access_key": moto.reader[0], "secret_key": "wrong-secret-value", "endpoint": moto.url}
     response = await o.client.post(

@@ -4,21 +4,18 @@ and downloaded adapters deleted once unloaded (volume ones never)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
 
-from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
-from tests.integration.conftest import Running, start_outrider, wait_until
-from tests.integration.lora_fixtures import make_adapter, vllm
+from tests.integration.conftest import wait_until
+from tests.integration.lora_fixtures import Layout, layout, start_on, vllm
 from tests.servers.moto import MotoServer
 
-__all__ = ["vllm"]
+__all__ = ["layout", "vllm"]  # fixtures
 
 BUCKET = "loras"
 FILES = {
@@ -38,32 +35,6 @@ def moto() -> Iterator[MotoServer]:
         server.stop()
 
 
-@dataclasses.dataclass
-class Layout:
-    pvc: Path  # --pvc-root: a volume the engine does not mount
-    adapters: Path  # --adapter-root: the volume both containers mount
-    elsewhere: Path  # outside both
-
-
-@pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    found = Layout(tmp_path / "data" / "pvc", tmp_path / "models" / "adapters", tmp_path / "elsewhere")
-    for path in dataclasses.astuple(found):
-        path.mkdir(parents=True)
-    make_adapter(found.pvc, "lora-a")
-    make_adapter(found.adapters, "in-place")
-    return found
-
-
-async def start(nursery: trio.Nursery, engine: FakeLoraEngine, layout: Layout) -> Running:
-    from tests.integration.lora_fixtures import lora_settings
-
-    settings = lora_settings(
-        engine, layout.adapters, downloads=DownloadSettings(model_root=str(layout.adapters), pvc_root=str(layout.pvc))
-    )
-    return await start_outrider(nursery, settings)
-
-
 def s3_config(moto: MotoServer) -> dict[str, str]:
     return {"access_key": moto.reader[0], "secret_key": moto.reader[1], "endpoint": moto.url}
 
@@ -71,7 +42,7 @@ def s3_config(moto: MotoServer) -> dict[str, str]:
 async def test_kthena_pvc_source_is_under_the_pvc_root_and_comes_back_after_an_engine_restart(
     nursery: trio.Nursery, vllm: FakeLoraEngine, layout: Layout
 ) -> None:
-    o = await start(nursery, vllm, layout)
+    o = await start_on(nursery, vllm, layout)
     out = layout.adapters / "a"
     body = {"lora_name": "a", "source": "pvc://lora-a", "output_dir": str(out)}
     response = await o.client.post("/v1/load_lora_adapter", json=body, timeout=30)
@@ -90,7 +61,7 @@ async def test_kthena_pvc_source_is_under_the_pvc_root_and_comes_back_after_an_e
 async def test_pvc_and_absolute_sources_mean_the_same_on_the_native_and_aibrix_routes(
     nursery: trio.Nursery, vllm: FakeLoraEngine, layout: Layout
 ) -> None:
-    o = await start(nursery, vllm, layout)
+    o = await start_on(nursery, vllm, layout)
     response = await o.client.put("/v1/adapters/b", json={"source": "pvc://lora-a", "wait": True}, timeout=30)
     assert response.status_code == 200, response.text
     assert vllm.load_calls("b")[0].path == str(layout.adapters / "b")  # copied into <adapter-root>/<name>
@@ -124,7 +95,7 @@ async def test_no_write_outside_the_adapter_root_through_a_symlink(
 ) -> None:
     (layout.adapters / "escape").symlink_to(layout.elsewhere)
     output_dir = output_dir.replace("ESCAPE_ABS", str(layout.adapters / "escape" / "k3"))
-    o = await start(nursery, vllm, layout)
+    o = await start_on(nursery, vllm, layout)
     for async_download in (False, True):
         body = {
             "lora_name": "k",
@@ -147,7 +118,7 @@ async def test_a_symlink_made_after_the_declaration_does_not_lead_the_download_o
     nursery: trio.Nursery, vllm: FakeLoraEngine, layout: Layout, moto: MotoServer
 ) -> None:
     """The fetcher confines the destination again, symlinks resolved, right before it writes."""
-    o = await start(nursery, vllm, layout)
+    o = await start_on(nursery, vllm, layout)
     (layout.adapters / "k").symlink_to(layout.elsewhere)  # <adapter-root>/<name>, the default destination
     body = {"source": f"s3://{BUCKET}/lora", "config": s3_config(moto), "wait": True}
     response = await o.client.put("/v1/adapters/k", json=body, timeout=30)
@@ -161,7 +132,7 @@ async def test_a_symlink_made_after_the_declaration_does_not_lead_the_download_o
 async def test_unload_deletes_what_outrider_downloaded_and_keeps_volume_adapters(
     nursery: trio.Nursery, vllm: FakeLoraEngine, layout: Layout, moto: MotoServer
 ) -> None:
-    o = await start(nursery, vllm, layout)
+    o = await start_on(nursery, vllm, layout)
     body = {"lora_name": "s3", "source": f"s3://{BUCKET}/lora", "config": s3_config(moto)}
     assert (await o.client.post("/v1/load_lora_adapter", json=body, timeout=30)).status_code == 200
     copied = {"source": "pvc://lora-a", "wait": True}

@@ -4,6 +4,13 @@ AIBrix: `POST /v1/lora_adapter/load {"lora_name", "lora_path"}`, `POST /v1/lora_
 `GET /v1/models` (the engine's list, relayed). Kthena: `POST /v1/load_lora_adapter {"lora_name", "source",
 "output_dir"?, "config"?, "max_workers"?, "async_download"?}` and `POST /v1/unload_lora_adapter {"lora_name"}`.
 
+AIBrix 0.8 gives its two routes a second, "delegation" mode, told apart as AIBrix tells it: a load whose body has
+`artifact_url` ({"lora_name", "artifact_url", "credentials"?, "additional_config"?, "credentials_secret"?,
+"local_dir"?}) fetches the artifact as Kthena's load fetches its `source` (same schemes, same store options and
+rules: `credentials` with `additional_config` merged over them are its `config`) into `<adapter-root>/<lora_name>`
+and answers JSON; an unload whose body has `cleanup_local` answers JSON, succeeds also when the engine does not have
+the adapter, and with `cleanup_local: false` keeps what outrider downloaded for it.
+
 Unlike the peers, a load here is a declaration: outrider keeps the adapter loaded (across engine restarts) until
 it is unloaded. A synchronous load answers once the engine has it; if that first attempt fails the declaration is
 withdrawn and the error returned (the engine's own status and message when it refused, 503 naming the engine URL
@@ -13,16 +20,24 @@ when the engine unloaded it, 404 when the engine does not have it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
 
-from outrider.adapters.names import validate_name
-from outrider.errors import InvalidRequest
+from outrider.adapters.names import display_source, validate_name
+from outrider.errors import InvalidRequest, OutriderError, SourceAccessDenied, SourceError
 from outrider.http import models as m
 from outrider.http.adapters import reconciler
-from outrider.http.body import bool_field, config_field, json_object, string_field
+from outrider.http.body import bool_field, config_field, json_object, required_string, string_field
 from outrider.http.spec import describe
+from outrider.sources.options import credentials_config
 from outrider.transfer.paths import confine_off_loop
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("compat_lora", __name__)
 
@@ -45,23 +60,82 @@ def _unloaded_text(name: str) -> str:
 
 
 @blueprint.post("/v1/lora_adapter/load")
-@describe(request=m.AIBrixLoad, responses={200: m.PlainText, **_FAILURES}, text=[200])
-async def aibrix_load() -> Response:
+@describe(request=m.AIBrixLoadBody, responses={200: m.AIBrixLoadAnswer, **_FAILURES}, text_too=[200])
+async def aibrix_load() -> Response | tuple[Response, int]:
     body = await json_object()
     name = validate_name(body.get("lora_name"))
+    if body.get("artifact_url") not in (None, ""):  # "" means unset, as everywhere on these routes
+        return await _delegated_load(name, body)
     path = string_field(body, "lora_path")
     assert path is not None
     await reconciler().load(name, path.strip())
     return Response(_loaded_text(name), status=200, content_type="text/plain; charset=utf-8")
 
 
+async def _delegated_load(name: str, body: dict[str, Any]) -> tuple[Response, int]:
+    url = required_string(body, "artifact_url").strip()
+    # Checked for their type only: AIBrix writes under a directory of its own whatever `local_dir` says, and
+    # outrider's downloads land under --adapter-root, the volume the engine reads (anywhere else it could not).
+    string_field(body, "local_dir", required=False)
+    credentials = body.get("credentials")
+    with _naming_delegation_fields():
+        config = credentials_config(("credentials", credentials), ("additional_config", body.get("additional_config")))
+    if string_field(body, "credentials_secret", required=False) is not None:
+        if not credentials:
+            # AIBrix reads the files of a secret mounted under /var/run/secrets/aibrix/<name>. A pod's secrets
+            # reach outrider as its env (envFrom), which it reads already; a caller choosing among the pod's
+            # secrets by name would be a second, less visible way to hand the pod's keys to a request.
+            raise InvalidRequest(
+                "credentials_secret is not supported: outrider reads no secret files; pass the keys in "
+                "credentials, or give the pod the store's credentials in its env (e.g. the secret as envFrom: "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...) or a workload identity",
+                field="credentials_secret",
+            )
+        log.info("adapter %s: credentials_secret ignored, credentials given (as AIBrix does)", name)
+    with _naming_delegation_fields():
+        rec = await reconciler().load(name, url, config)
+    answer = {
+        "status": "success",
+        "message": f"Successfully loaded adapter {name} from {display_source(url)}",
+        "local_path": str(rec.path),
+        "engine_response": {"message": _loaded_text(name)},
+    }
+    return jsonify(answer), 200
+
+
+@contextmanager
+def _naming_delegation_fields() -> Iterator[None]:
+    """Errors name the delegation body's fields: its `artifact_url` is the fetch's `source`, its `credentials` the
+    store `config`, and `<adapter-root>/<lora_name>` the destination. A store refusing access with no field to
+    blame refused the credentials it was given (the request's, or the pod's for want of them)."""
+    try:
+        yield
+    except OutriderError as exc:
+        field = exc.field
+        if field in ("source", None) and isinstance(exc, SourceError):
+            field = "credentials" if isinstance(exc, SourceAccessDenied) and field is None else "artifact_url"
+        else:
+            field = {"config": "credentials", "output_dir": "lora_name", "name": "lora_name"}.get(field or "", field)
+        if field == exc.field:
+            raise
+        renamed = exc.clone()  # the adapter's record keeps the error too, and other callers may be handed it
+        renamed.field = field
+        raise renamed from None
+
+
 @blueprint.post("/v1/lora_adapter/unload")
-@describe(request=m.LoraName, responses={200: m.PlainText, **_FAILURES}, text=[200])
-async def aibrix_unload() -> Response:
+@describe(request=m.AIBrixUnloadBody, responses={200: m.AIBrixUnloadAnswer, **_FAILURES}, text_too=[200])
+async def aibrix_unload() -> Response | tuple[Response, int]:
     body = await json_object()
     name = validate_name(body.get("lora_name"))
-    await reconciler().unload(name)
-    return Response(_unloaded_text(name), status=200, content_type="text/plain; charset=utf-8")
+    if "cleanup_local" not in body:
+        await reconciler().unload(name)
+        return Response(_unloaded_text(name), status=200, content_type="text/plain; charset=utf-8")
+    cleanup = body["cleanup_local"] is None or bool_field(body, "cleanup_local")  # null: AIBrix's default, true
+    # A controller retrying an unload must not be refused because the first try succeeded: AIBrix answers success
+    # here whether or not the engine had the adapter.
+    await reconciler().unload(name, keep_files=not cleanup, missing_ok=True)
+    return jsonify({"status": "success", "message": f"Successfully unloaded adapter {name}"}), 200
 
 
 @blueprint.get("/v1/models")

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, WithJsonSchema
 
 from outrider.adapters.names import MAX_NAME
 from outrider.option_types import MAX_DOWNLOAD_WORKERS
+from outrider.sources.options import CREDENTIAL_KEYS, IGNORED_CREDENTIAL_KEYS, MAX_OPTION
 
 # Longest URI, path or glob a request may carry; real ones are far shorter, and a bound keeps records small.
 MAX_URI = 4096
-# Longest value of one store option (a key, an endpoint, a token).
-MAX_OPTION = 4096
 # What adapters/names.py accepts; spelled again here as a JSON Schema pattern for the spec.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$"
 # bool_field's accepted spellings of a boolean in a query string or a compatible body (any case).
@@ -252,14 +251,83 @@ class AdapterFailure(ErrorBody):
 
 
 class AIBrixLoad(_Lenient):
-    """AIBrix's load body (lenient, as the AIBrix runtime)."""
+    """AIBrix's plain load: the adapter at `lora_path` (a volume path or any source), answered in text."""
 
     lora_name: AdapterName
     lora_path: Uri = Field(examples=["/volume/adapters/sql"])
 
 
+# AIBrix's `credentials` / `additional_config`: strings under known keys only (the store's spelling, or an env or
+# AIBrix downloader one); any other key is a 400. Spelled as `propertyNames` (pydantic would say `patternProperties`,
+# which lets any other key through).
+Credentials = Annotated[
+    dict[str, Option],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"enum": sorted({*CREDENTIAL_KEYS, *IGNORED_CREDENTIAL_KEYS})},
+            "additionalProperties": {"type": "string", "maxLength": MAX_OPTION},
+        }
+    ),
+]
+
+
+class AIBrixDelegatedLoad(_Lenient):
+    """AIBrix 0.8's delegation mode (told apart by `artifact_url`): outrider fetches the artifact into
+    `<adapter-root>/<lora_name>` and loads it from there, answering in JSON."""
+
+    lora_name: AdapterName
+    artifact_url: Uri = Field(examples=["s3://bucket/adapters/sql", "huggingface://org/adapter", "pvc://adapters/sql"])
+    credentials: Credentials | None = Field(
+        default=None,
+        description="Store options for this fetch, over the pod's own (as a download's `config`); never echoed",
+        examples=[{"access_key": "<access-key>", "secret_key": "<secret-key>", "endpoint": "https://s3.example"}],
+    )
+    additional_config: Credentials | None = Field(default=None, description="Merged over `credentials`, key by key")
+    credentials_secret: Annotated[str, StringConstraints(max_length=MAX_URI)] | None = Field(
+        default=None,
+        description="Ignored when `credentials` are given; alone, a 400: outrider reads no secret files (pass "
+        "`credentials`, or give the pod the store's keys in its env)",
+    )
+    local_dir: Annotated[str, StringConstraints(max_length=MAX_URI)] | None = Field(
+        default=None, description="Ignored: downloads land under --adapter-root, the volume the engine reads"
+    )
+
+
+class AIBrixLoadBody(RootModel[AIBrixLoad | AIBrixDelegatedLoad]):
+    """AIBrix's load body, in either mode (lenient, as the AIBrix runtime: unknown fields are ignored)."""
+
+
+class AIBrixLoadAnswer(BaseModel):
+    """A delegated load's answer (a plain load answers the engine's text instead)."""
+
+    status: Literal["success"]
+    message: str = Field(examples=["Successfully loaded adapter sql from s3://bucket/adapters/sql"])
+    local_path: str
+    engine_response: dict[str, str] = Field(examples=[{"message": "Success: LoRA adapter 'sql' added successfully."}])
+
+
 class LoraName(_Lenient):
     lora_name: AdapterName
+
+
+class AIBrixCleanupUnload(_Lenient):
+    """AIBrix 0.8's delegation mode (told apart by `cleanup_local`): success also when the engine lacks the adapter;
+    `cleanup_local: false` keeps what outrider downloaded for it."""
+
+    lora_name: AdapterName
+    cleanup_local: bool | BoolText | None = Field(default=True, description="Delete its downloaded files (null: true)")
+
+
+class AIBrixUnloadBody(RootModel[LoraName | AIBrixCleanupUnload]):
+    """AIBrix's unload body, in either mode (lenient, as the AIBrix runtime: unknown fields are ignored)."""
+
+
+class AIBrixUnloadAnswer(BaseModel):
+    """A delegated unload's answer (a plain unload answers the engine's text instead)."""
+
+    status: Literal["success"]
+    message: str = Field(examples=["Successfully unloaded adapter sql"])
 
 
 class KthenaLoad(_Lenient):

@@ -41,6 +41,7 @@ from outrider.runtime import Runtime
 F = TypeVar("F", bound=Callable[..., Any])
 
 TEXT_STATUSES = "_outrider_text_statuses"
+TEXT_TOO_STATUSES = "_outrider_text_too_statuses"
 BEARER = "bearer"
 OPENAPI_PATH = "/openapi.json"
 _TEXT_SCHEMA = {"schema": {"type": "string"}}
@@ -60,10 +61,13 @@ def describe(
     request: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
     text: Iterable[int] = (),
+    text_too: Iterable[int] = (),
 ) -> Callable[[F], F]:
     """Record a route's request body, query and answers (by status; "4XX" for statuses an engine chooses).
 
-    `text` lists statuses answered as text/plain rather than JSON (their model is `str`-rooted)."""
+    `text` lists statuses answered as text/plain rather than JSON (their model is `str`-rooted); `text_too` those
+    answered as text/plain in one mode of the route and as their JSON model in another (AIBrix's plain and
+    delegation modes)."""
 
     def decorator(func: F) -> F:
         if request is not None:
@@ -73,6 +77,7 @@ def describe(
         # String keys: the JSON encoder sorts keys, and ints and strings do not sort together.
         setattr(func, QUART_SCHEMA_RESPONSE_ATTRIBUTE, {str(s): (m, None) for s, m in responses.items()})
         setattr(func, TEXT_STATUSES, frozenset(str(s) for s in text))
+        setattr(func, TEXT_TOO_STATUSES, frozenset(str(s) for s in text_too))
         return func
 
     return decorator
@@ -113,6 +118,7 @@ class OutriderOpenAPI(OpenAPIProvider):
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]
         text = cast(frozenset[str], getattr(func, TEXT_STATUSES, frozenset()))
+        text_too = cast(frozenset[str], getattr(func, TEXT_TOO_STATUSES, frozenset()))
         guard = self._guard()
         for path, operations in paths.items():
             for method, shared in list(operations.items()):
@@ -125,6 +131,8 @@ class OutriderOpenAPI(OpenAPIProvider):
                 responses: dict[str, Any] = operation["responses"]
                 for status in text:
                     responses[status]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+                for status in text_too:
+                    responses[status]["content"]["text/plain"] = {"schema": {"type": "string"}}
                 if "requestBody" in operation:
                     operation["requestBody"]["required"] = not _body_optional(operation)
                     responses.setdefault("400", _json(models.ErrorBody, "The body is not a valid JSON object"))
