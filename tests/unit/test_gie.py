@@ -22,8 +22,8 @@ from outrider.metrics.concepts import PROFILES, profile_targets
 from outrider.metrics.gie import (
     CACHE_CONFIG,
     KV_USAGE,
-    LORA_DP_WINDOW,
     LORA_INFO,
+    LORA_WINDOW,
     QUEUED,
     RUNNING,
     AdapterLoraInfo,
@@ -160,19 +160,35 @@ def test_vllm_families_are_the_engines_own_and_the_page_is_otherwise_untouched(
         assert the_one(served, family) == series(page, family)[0]
     own_kv = series(page, KV_USAGE) or series(page, "vllm:gpu_cache_usage_perc")  # V0 has only the old name
     assert the_one(served, KV_USAGE) == own_kv[0]
-    # Only stale LoRA series leave the page; every other line stays, in its place.
+    # vLLM's LoRA series become one, where the first of them stood; every other line stays, in its place.
     lora = family_lines(page, LORA_INFO)
-    newest = max(lora, key=lambda line: float(line.rsplit(" ", 1)[1]), default=None)
-    assert family_lines(served, LORA_INFO) == ([newest] if newest else [])
-    kept = [line for line in page.split("\n") if line not in lora or line == newest]
+    served_lora = family_lines(served, LORA_INFO)
+    assert len(served_lora) == (1 if lora else 0)
+    kept = [line for line in page.split("\n") if line not in lora[1:]]
+    kept = [served_lora[0] if lora and line == lora[0] else line for line in kept]
     assert served.startswith("\n".join(kept))
 
 
-def test_vllm_lora_state_is_the_newest_series_wherever_it_stands(engine_pages: dict[str, str]) -> None:
+def test_vllm_lora_state_joins_the_sets_stamped_within_the_window_of_the_newest(engine_pages: dict[str, str]) -> None:
+    # As vLLM 0.32.0 served it: the empty set stamped 3.6 ms after the last step of a request to b (the newest, but
+    # not what ran), a's set 6 s before. One series: b, at the newest's time; a has ended long enough ago.
+    page = engine_pages["vllm-0.32.0-cpu.prom"]
+    stamps = {labels["running_lora_adapters"]: value for labels, value in series(page, LORA_INFO)}
+    assert stamps["b"] < stamps[""] < stamps["b"] + 0.01 and stamps["a"] < stamps[""] - LORA_WINDOW
+
+    labels, stamp = the_one(rewrite("vllm", page).text, LORA_INFO)
+
+    assert labels == {"max_lora": "4", "running_lora_adapters": "b", "waiting_lora_adapters": "b"}
+    assert stamp == stamps[""]
+
+
+def test_vllm_lora_state_alone_in_its_window_is_the_newest_series_wherever_it_stands(
+    engine_pages: dict[str, str],
+) -> None:
     # vLLM writes its series in creation order, so the first one is not the newest in general: here the last is.
     page = engine_pages["vllm-0.32.0-cpu.prom"]
     lines = family_lines(page, LORA_INFO)
-    stamps = {line: 1.7e9 + i for i, line in enumerate(lines)}
+    stamps = {line: 1.7e9 + 10 * i for i, line in enumerate(lines)}  # further apart than LORA_WINDOW
     derived = with_series(page, LORA_INFO, lambda line: [relabel(line, {}, stamps[line])])
     served = rewrite("vllm", derived).text
     assert family_lines(served, LORA_INFO) == [relabel(lines[-1], {}, stamps[lines[-1]])]
@@ -189,7 +205,7 @@ def test_vllm_data_parallel_families_are_combined_into_one_series(engine_pages: 
     now = 1.8e9
     stamped = {
         'running_lora_adapters=""': now - 30,
-        'running_lora_adapters="a"': now - LORA_DP_WINDOW / 2,
+        'running_lora_adapters="a"': now - LORA_WINDOW / 2,
         'running_lora_adapters="b"': now,
     }
     derived = with_series(

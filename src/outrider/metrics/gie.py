@@ -50,12 +50,15 @@ MAX_LORA, RUNNING_ADAPTERS, WAITING_ADAPTERS = "max_lora", "running_lora_adapter
 # Labels that tell ranks of one replica apart (tensor, pipeline and expert parallel): their series report the same
 # requests and the same KV pool (SGLang with --enable-metrics-for-all-schedulers serves one per rank).
 REPLICA_RANKS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank"})
-# vLLM under data parallelism: its LoRA family has no engine label, and each engine re-stamps the series of its
-# current adapter set every time it records stats (each step while it is busy). The series stamped within this many
-# seconds of the newest one are the engines' current sets, plus sets that ended within the window, whose adapters
-# vLLM still holds in its GPU slots (an LRU cache), i.e. "loaded in GPU memory and ready", as the protocol defines
-# running adapters. An engine that went idle stamped an empty set last, which adds nothing however old it is.
-LORA_DP_WINDOW = 1.0
+# vLLM stamps the series of its current adapter set each time it records stats (each step while it is busy), and
+# the empty set once more as a request ends: a few milliseconds after its last step (3.6 ms on the vllm-0.32.0
+# fixture page, 4-6 ms live). An engine on a busy CPU answers /metrics mostly between requests, so its newest series
+# is then nearly always the empty set while an adapter serves traffic. Under data parallelism the family has no
+# engine label either, so no series says whose it is. The series stamped within this many seconds of the newest one
+# are therefore joined: the engines' current sets, plus sets that ended within the window, whose adapters vLLM
+# still holds in its GPU slots (an LRU cache), i.e. "loaded in GPU memory and ready", as the protocol defines
+# running adapters. An engine that went idle a while ago stamped an empty set last, which adds nothing.
+LORA_WINDOW = 1.0
 
 Combine = Literal["sum", "mean"]
 
@@ -270,15 +273,12 @@ class ProtocolRewrite:
             elif protocol not in view.present:  # never a second family of that name
                 tail.append(_family(protocol, help_text, line))
 
-        replicas = 0
         for gauge, sources in self._gauges:
             found = view.first(sources)
             if found is None:
                 continue
             source, samples = found
             values = per_replica(samples, lambda s: s.value, frozenset())
-            if gauge.name == RUNNING:
-                replicas = len(values)
             line = series_line(gauge.name, common_labels(samples), _combined(values, gauge.combine))
             help_text = f"{gauge.help} Served by outrider from {source}, {_HOW[gauge.combine]}."
             serve(gauge.name, source, samples, line, help_text)
@@ -295,7 +295,7 @@ class ProtocolRewrite:
                 help_text = (
                     f"LoRA adapters running and waiting, and max_lora. Served by outrider from {self._lora_info}"
                 )
-                serve(LORA_INFO, self._lora_info, samples, _lora_series(samples, replicas), help_text)
+                serve(LORA_INFO, self._lora_info, samples, _lora_series(samples), help_text)
 
         max_lora = None
         if self._lora_slots is not None:
@@ -347,18 +347,17 @@ def _cache_from_info(shape: CacheShapeInfo, samples: list[Sample]) -> str | None
     return series_line(CACHE_CONFIG, labels, 1.0)
 
 
-def _lora_series(samples: Sequence[Sample], replicas: int) -> str:
+def _lora_series(samples: Sequence[Sample]) -> str:
     """vLLM's LoRA state as one series.
 
-    vLLM keeps a series for every label set it ever stamped, each valued with the time it was last stamped, so
-    only the newest is the current state; with one engine that series, exactly as vLLM wrote it, is served. With
-    several engines (data parallel) the family cannot say which series is whose: the adapter lists of every series
-    stamped within LORA_DP_WINDOW of the newest are joined, under the newest's max_lora and time.
+    vLLM keeps a series for every label set it ever stamped, each valued with the time it was last stamped. The
+    adapter lists of every series stamped within LORA_WINDOW of the newest are joined, under the newest's max_lora
+    and time; when the newest is alone in that window, it is served exactly as vLLM wrote it.
     """
     newest = max(samples, key=lambda s: s.value)  # the first of equals
-    if replicas <= 1:
+    recent = sorted((s for s in samples if s.value >= newest.value - LORA_WINDOW), key=lambda s: -s.value)
+    if len(recent) == 1:
         return newest.line
-    recent = sorted((s for s in samples if s.value >= newest.value - LORA_DP_WINDOW), key=lambda s: -s.value)
     labels = dict(newest.labels)
     for key in (RUNNING_ADAPTERS, WAITING_ADAPTERS):
         names = (n.strip() for s in recent for n in s.labels.get(key, "").split(","))
