@@ -55,9 +55,14 @@ async def checked_client(url: str, request_timeout: float) -> httpx.AsyncClient:
 
 
 def fast_settings(engine: FakeEngine, **changes: object) -> Settings:
+    return settings_for(engine.base_url, **changes)
+
+
+def settings_for(engine_url: str, **changes: object) -> Settings:
+    """Settings for a vLLM at `engine_url` that scrape and go stale fast, with every metrics profile but gie."""
     base = Settings(
         engine="vllm",
-        engine_base_url=engine.base_url,
+        engine_base_url=engine_url,
         host="127.0.0.1",
         port=0,
         pod="test-pod",

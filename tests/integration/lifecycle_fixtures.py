@@ -20,7 +20,7 @@ from outrider.lifecycle.config import parse_launch
 from outrider.lifecycle.options import LifecycleSettings
 from outrider.settings import Settings
 from outrider.transfer.settings import DownloadSettings
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import settings_for, wait_until
 
 STANDIN = Path(__file__).resolve().parent.parent / "fakes" / "standin_engine.py"
 # A port range of its own per test: ten free ports below the kernel's ephemeral range (from 32768 on Linux), where
@@ -73,18 +73,8 @@ def lifecycle_settings(tmp_path: Path, **changes: Any) -> LifecycleSettings:
 def outrider_settings(tmp_path: Path, engine_url: str, **changes: Any) -> Settings:
     (tmp_path / "models").mkdir(exist_ok=True)
     (tmp_path / "volume").mkdir(exist_ok=True)
-    base = Settings(
-        engine="vllm",
-        engine_base_url=engine_url,
-        host="127.0.0.1",
-        port=0,
-        pod="test-pod",
-        scrape_interval=0.1,
-        scrape_timeout=0.3,
-        metrics_max_age=0.5,
-        downloads=DownloadSettings(model_root=str(tmp_path / "models"), pvc_root=str(tmp_path / "volume")),
-    )
-    return dataclasses.replace(base, **changes)
+    downloads = DownloadSettings(model_root=str(tmp_path / "models"), pvc_root=str(tmp_path / "volume"))
+    return settings_for(engine_url, **{"metrics_profiles": ("outrider",), "downloads": downloads, **changes})
 
 
 def standin_line(state_dir: Path, model: str) -> dict[str, Any]:

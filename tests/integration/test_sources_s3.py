@@ -28,11 +28,12 @@ from outrider.errors import (
 from outrider.sources import Source
 from outrider.sources.base import PIECE_SIZE, Checksum
 from outrider.sources.s3 import parts_checksum
-from outrider.transfer import download, engine, state
+from outrider.transfer import download, state
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
 from tests.integration.stores import moto_fixture, open_bucket
+from tests.read_backs import count_read_backs
 from tests.servers.checksum_leak import ChecksumLeakProxy
 from tests.servers.faults import FaultServer, ThrottlingProxy
 from tests.servers.moto import ADMIN, REGION, MotoServer, free_port
@@ -162,14 +163,7 @@ async def test_a_multipart_etag_is_verified_with_parts_hashed_by_the_chunks_writ
 ) -> None:
     [listed] = s3_source(moto, f"s3://{SUMS}/mp").list_files()
     assert listed.checksum == Checksum("md5-parts", multipart_etag(PARTS["aligned"], MIN_PART), MIN_PART)
-    read_back: list[tuple[int, int]] = []
-    real = engine._Run._hash_range
-
-    def counted(self: engine._Run, task: Any, digest: Any, start: int, end: int, halt: threading.Event) -> None:
-        read_back.append((start, end))
-        real(self, task, digest, start, end, halt)
-
-    monkeypatch.setattr(engine._Run, "_hash_range", counted)
+    read_back = count_read_backs(monkeypatch)
     await fetch_s3(moto, f"s3://{SUMS}/mp", tmp_path / "mp", chunk_size=MIN_PART)  # a part per chunk
     assert (tmp_path / "mp" / "aligned").read_bytes() == PARTS["aligned"]
     assert read_back == []  # every part's MD5 came from the thread that wrote it

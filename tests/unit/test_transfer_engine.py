@@ -23,6 +23,7 @@ from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
 from tests.fakes.sources import MemorySource
+from tests.read_backs import count_read_backs
 
 CHUNK = 256 * 1024
 PIECE = 64 * 1024
@@ -462,26 +463,13 @@ async def test_one_file_is_written_by_one_thread_at_a_time(tmp_path: Path, monke
     assert_tree(tmp_path / "m", {"big.bin": data})
 
 
-def _count_read_backs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(start, end) of every range the engine hashes by reading the part file back."""
-    ranges: list[tuple[int, int]] = []
-    real = engine._Run._hash_range
-
-    def counted(self: engine._Run, task: Any, digest: Any, start: int, end: int, halt: threading.Event) -> None:
-        ranges.append((start, end))
-        real(self, task, digest, start, end, halt)
-
-    monkeypatch.setattr(engine._Run, "_hash_range", counted)
-    return ranges
-
-
 @pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "crc64ecma", "crc64nvme"])
 async def test_crc_files_are_hashed_by_their_writers_without_reading_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
 ) -> None:
     from outrider.transfer.checksums import new_digest
 
-    read_back = _count_read_backs(monkeypatch)
+    read_back = count_read_backs(monkeypatch)
     data = os.urandom(5 * CHUNK + 777)
     digest = new_digest(Checksum(algorithm, ""))
     assert digest is not None
@@ -496,7 +484,7 @@ async def test_crc_files_are_hashed_by_their_writers_without_reading_back(
 async def test_an_abandoned_chunk_is_hashed_again_from_the_part_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    read_back = _count_read_backs(monkeypatch)
+    read_back = count_read_backs(monkeypatch)
     data = os.urandom(4 * CHUNK)
     source = MemorySource({"big.bin": data}, piece_size=PIECE, checksum=None)
     source.listed_checksums["big.bin"] = Checksum("crc32", f"{zlib.crc32(data):08x}")
@@ -533,7 +521,7 @@ async def test_resumed_chunks_are_hashed_once_from_the_part_file_not_trusted(
     source.script.extend(["ok"] * 3 + ["deny"])
     with pytest.raises(SourceAccessDenied):
         await fetch(source, tmp_path / "m", options)
-    read_back = _count_read_backs(monkeypatch)
+    read_back = count_read_backs(monkeypatch)
     await fetch(source, tmp_path / "m", options)
     assert read_back == [(0, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 3 * CHUNK)]  # each resumed chunk once
     assert_tree(tmp_path / "m", {"big.bin": data})
