@@ -214,6 +214,33 @@ class _Logging:
     log_format: LogFormat | None = None
 
 
+COMMANDS = ("serve", "download")
+# AIBrix's runtime listens on 8080 unless told otherwise; `aibrix_runtime` keeps that default.
+AIBRIX_PORT = "8080"
+
+
+def with_command(argv: Sequence[str]) -> list[str]:
+    """`argv` with `serve` put first when it starts with an option: Kthena's manifests give the runtime only `args:`
+    (`--port 8900 --engine vllm ...`), which with outrider's image (ENTRYPOINT outrider, CMD serve) replace the CMD.
+    `--help` and `--version` alone still ask about outrider itself."""
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        return ["serve", *argv]
+    return list(argv)
+
+
+def _multiproc_dir() -> None:
+    """prometheus-client stores every value in a file under $PROMETHEUS_MULTIPROC_DIR when that is set (AIBrix's
+    manifests set it); a directory not made yet must not stop the start, so it is made, as AIBrix does. Unlike AIBrix
+    outrider does not empty it: outrider serves its own registry, never the directory's files, and the directory may
+    be one another process shares."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"PROMETHEUS_MULTIPROC_DIR: cannot create {directory}: {exc.strerror}") from None
+
+
 def main(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -221,11 +248,12 @@ def main(
     source_opener: SourceOpener | None = None,
 ) -> int:
     """Run a command; `source_opener` replaces the built-in stores (tests use it to serve a local one)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(with_command(sys.argv[1:] if argv is None else argv))
     env = os.environ if environ is None else environ
     try:
         if args.command == "serve":
             settings = serve_settings(args, env)
+            _multiproc_dir()
         else:
             raw, pod_store = resolve(args, DOWNLOAD_OPTIONS, env), _pod_store(env)
             logged: dict[str, Any] = {k: raw.pop(k) for k in ("log_level", "log_format") if k in raw}
@@ -241,3 +269,16 @@ def main(
     from outrider.service import run  # imported late: `--help` should not pay for the server stack
 
     return run(settings, source_opener=source_opener)
+
+
+def aibrix_argv(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """`aibrix_runtime`'s command line as `outrider serve`'s: AIBrix's default port (8080) unless a port is given,
+    and its one other flag, `--enable-fastapi-docs`, dropped (outrider always serves /openapi.json and /docs)."""
+    given = [a for a in argv if a != "--enable-fastapi-docs"]
+    port_given = any(a in ("--port", "-P") or a.startswith("--port=") for a in given) or "OUTRIDER_PORT" in environ
+    return ["serve", *([] if port_given else ["--port", AIBRIX_PORT]), *given]
+
+
+def aibrix_main() -> int:
+    """`aibrix_runtime`, the command AIBrix's webhook injects into the sidecar container."""
+    return main(aibrix_argv(sys.argv[1:], os.environ))

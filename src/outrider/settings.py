@@ -42,7 +42,7 @@ class SettingsError(ValueError):
 class Settings:
     """What `outrider serve` runs with."""
 
-    engine: Engine = option(..., "vllm or sglang (vllmdisaggregated: vllm)", "-E", "--engine", "INFERENCE_ENGINE")
+    engine: Engine = option("vllm", "vllm or sglang (vllmdisaggregated: vllm)", "-E", "--engine", "INFERENCE_ENGINE")
     engine_base_url: BaseUrl = option(
         "http://localhost:8000", "engine base URL", "-B", "--engine-base-url", "INFERENCE_ENGINE_ENDPOINT"
     )

@@ -33,7 +33,7 @@ async def _start(nursery: trio.Nursery, tmp_path: Path, engine: FakeEngine, **ch
     return await start_outrider(nursery, settings, lifecycle=lifecycle_settings(tmp_path))
 
 
-@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+@pytest.mark.parametrize(("method", "path", "body"), [r for r in ROUTES if r[:2] != ("GET", "/v1/runtime/models")])
 async def test_every_route_is_off_unless_configured(
     nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
@@ -44,6 +44,17 @@ async def test_every_route_is_off_unless_configured(
     assert answer.status_code == 501
     assert answer.json()["status"] == "error" and answer.json()["error"]["type"] == "not_configured"
     assert "--engine-launch" in answer.json()["message"]
+
+
+async def test_the_model_list_is_empty_while_the_lifecycle_is_off(
+    nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine
+) -> None:
+    """AIBrix's runtime answers its controller's list with 200 {"models": []} before it launched anything."""
+    o = await start_outrider(nursery, outrider_settings(tmp_path, vllm_engine.base_url))
+
+    answer = await o.client.get("/v1/runtime/models")
+
+    assert (answer.status_code, answer.json()) == (200, {"models": []})
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)

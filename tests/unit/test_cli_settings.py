@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from outrider.cli import build_parser, serve_settings
+from outrider.cli import build_parser, serve_settings, with_command
 from outrider.settings import Settings, SettingsError
 
 
@@ -47,6 +47,20 @@ def test_kthena_defaults() -> None:
     assert s.model is None
     assert (s.scrape_interval, s.metrics_max_age) == (1.0, 3.0)
     assert s.metrics_profiles == ("outrider",)
+
+
+def test_engine_defaults_to_vllm_as_aibrix_inference_engine_does() -> None:
+    """AIBrix's runtime starts without INFERENCE_ENGINE (its default is vllm); outrider must too."""
+    assert settings_for([]).engine == "vllm"
+    assert settings_for([], {"INFERENCE_ENGINE": "sglang"}).engine == "sglang"
+
+
+def test_options_without_a_command_mean_serve() -> None:
+    """Kthena's manifests give only `args:`, which replace the image's CMD (serve)."""
+    assert with_command(["--port", "8900", "--engine", "vllm"]) == ["serve", "--port", "8900", "--engine", "vllm"]
+    assert with_command(["-E", "sglang"])[0] == "serve"
+    for kept in (["download", "-s", "x"], ["serve"], ["--help"], ["--version"], []):
+        assert with_command(kept) == kept
 
 
 def test_every_profile_the_metrics_package_publishes_is_accepted() -> None:
@@ -108,7 +122,6 @@ def test_max_age_defaults_to_three_intervals() -> None:
         (["-E", "vllm", "--scrape-interval", "nan"], "--scrape-interval"),
         (["-E", "vllm", "--metrics-profile", "datadog"], "unknown profile 'datadog'"),
         (["-E", "vllm", "--metrics-prefix", "my-prefix"], "--metrics-prefix"),
-        ([], "--engine: required"),
     ],
 )
 def test_bad_settings_name_the_setting(argv: list[str], needle: str) -> None:

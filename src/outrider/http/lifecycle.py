@@ -215,6 +215,8 @@ async def kv_limit() -> tuple[Response, int]:
 
 @_route("GET", "/v1/runtime/models", m.RuntimeModelList)
 async def list_models() -> tuple[Response, int]:
+    if current_app.config["RUNTIME"].engines is None:  # AIBrix's runtime lists none until it launched one
+        return jsonify({"models": []}), 200
     observed = await _supervisor().observe()
     models = []
     for o in observed:
