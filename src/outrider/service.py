@@ -67,13 +67,17 @@ def build_runtime(
     )
     downloads = JobManager(settings.downloads, source_opener or build_opener(settings.downloads), metrics.downloads)
     root = Path(settings.adapter_root)
+    # A Kthena load's `output_dir` may also name a directory under the model root (its manifests use /models/...).
+    write_roots = ((Path(settings.downloads.model_root), "--model-root"),)
+    fetcher = VolumeFetcher(root, downloads.fetch, pvc_root=settings.downloads.pvc_root, write_roots=write_roots)
     reconciler = Reconciler(
         EngineClient(settings.engine_base_url, settings.engine_api_key),
         spec.lora,
-        SharedFetches(VolumeFetcher(root, downloads.fetch, pvc_root=settings.downloads.pvc_root)),
+        SharedFetches(fetcher),
         adapter_root=root,
         interval=settings.adapter_sync_interval,
         metrics=metrics,
+        write_roots=write_roots,
     )
     lora_info = None
     if gie and spec.lora_info is None:  # the engine says nothing of its adapters: tell what outrider loaded in it

@@ -342,8 +342,9 @@ async def test_kthena_async_download(outrider: Outrider, store: RangeServer, tre
         ({"output_dir": "m"}, "source"),
         ({"source": "s3://b/p"}, "output_dir"),
         ({"source": "s3://b/p", "output_dir": "m", "config": "[1]"}, "config"),
-        ({"source": "s3://b/p", "output_dir": "m", "max_workers": "8"}, "max_workers"),
-        ({"source": "s3://b/p", "output_dir": "m", "async_download": "true"}, "async_download"),
+        ({"source": "s3://b/p", "output_dir": "m", "max_workers": "eight"}, "max_workers"),
+        ({"source": "s3://b/p", "output_dir": "m", "max_workers": 2.5}, "max_workers"),
+        ({"source": "s3://b/p", "output_dir": "m", "async_download": "soon"}, "async_download"),
     ],
 )
 async def test_kthena_bad_bodies_name_the_field(outrider: Outrider, body: dict[str, Any], field: str) -> None:

@@ -115,7 +115,7 @@ async def test_invalid_names_and_bodies_are_400_never_500(
 ) -> None:
     o = await start_outrider(nursery, lora_settings(vllm, root))
     routes = ["/v1/lora_adapter/load", "/v1/lora_adapter/unload", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"]
-    bad_names: list[object] = ["", "a/b", "a\\b", "x" * 129, 5, None, ["a"], "..", "a b"]
+    bad_names: list[object] = ["", " ", "x" * 129, 5, None, ["a"], "a\x00b", "a\nb"]
     for route in routes:
         for name in bad_names:
             body = {"lora_name": name, "lora_path": str(root / "a"), "source": str(root / "a")}
@@ -130,8 +130,8 @@ async def test_invalid_names_and_bodies_are_400_never_500(
         ({"lora_name": "a", "source": 7}, "source"),
         ({"lora_name": "a", "source": "pvc://a", "config": 3}, "config"),
         ({"lora_name": "a", "source": "pvc://a", "config": "{not json"}, "config"),
-        ({"lora_name": "a", "source": "pvc://a", "max_workers": "8"}, "max_workers"),
-        ({"lora_name": "a", "source": "pvc://a", "max_workers": 0}, "max_workers"),
+        ({"lora_name": "a", "source": "pvc://a", "max_workers": "eight"}, "max_workers"),
+        ({"lora_name": "a", "source": "pvc://a", "max_workers": True}, "max_workers"),
         ({"lora_name": "a", "source": "pvc://a", "async_download": "soon"}, "async_download"),
         ({"lora_name": "a", "source": "pvc://a", "output_dir": 1}, "output_dir"),
     ]

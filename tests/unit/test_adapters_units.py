@@ -11,21 +11,32 @@ import trio.testing
 
 from outrider.adapters.fetch import Fetched, SharedFetches, place_on_volume
 from outrider.adapters.file import AdaptersFileError, parse_adapters
-from outrider.adapters.names import display_source, validate_name
+from outrider.adapters.names import directory_name, display_source, validate_name
 from outrider.adapters.reconciler import Declaration
 from outrider.errors import InvalidRequest, InvalidSource, SourceAccessDenied, SourceNotFound
 
 
-@pytest.mark.parametrize("name", ["a", "sql-lora", "A_1.v2", "_x", "x" * 128])
-def test_valid_names(name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["a", "sql-lora", "A_1.v2", "_x", "x" * 128, "team/sql", "sql:v2", "a b", "..", ".hidden", "a\\b", "é"]
+)
+def test_any_name_the_engine_takes_is_valid(name: str) -> None:
     assert validate_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "a\\b", "x" * 129, ".", "..", ".hidden", "a b", "a\x00", 3, None])
+@pytest.mark.parametrize("name", ["", "  ", "x" * 129, "a\x00", "a\nb", "a\x7f", 3, None])
 def test_invalid_names(name: object) -> None:
     with pytest.raises(InvalidRequest) as info:
         validate_name(name)
     assert info.value.field == "lora_name"
+
+
+def test_directory_names_are_safe_and_one_to_one() -> None:
+    names = ["sql", "team/sql", "team%2Fsql", "sql:v2", ".", "..", ".hidden", "%2Ehidden", "a\\b", "x" * 128, "é" * 128]
+    dirs = [directory_name(n) for n in names]
+    assert dirs[0] == "sql" and dirs[1] == "team%2Fsql" and dirs[2] != dirs[1]
+    assert len(set(dirs)) == len(names)
+    for d in dirs:
+        assert "/" not in d and "\\" not in d and not d.startswith(".") and len(d.encode()) <= 255
 
 
 def test_display_source_hides_credentials() -> None:
@@ -53,7 +64,7 @@ def test_parse_adapters_accepts_list_mapping_and_json() -> None:
         ("- name: a\n  source: [x", "not valid YAML"),
         ("name: a", "expected a list"),
         ("- just-a-string", "expected a mapping"),
-        ("- {name: a/b, source: pvc://a}", "path separator"),
+        ('- {name: "a\\x01", source: pvc://a}', "control characters"),
         ("- {name: a}", "source must be"),
         ("- {name: a, source: pvc://a, config: 3}", "config must be"),
         ("- {name: a, source: pvc://a, extra: 1}", "unknown key"),

@@ -23,7 +23,7 @@ import trio
 from outrider.adapters.names import display_source
 from outrider.errors import InvalidSource, OutriderError, SourceAccessDenied, SourceNotFound
 from outrider.sources.uri import VolumeRef, parse_source
-from outrider.transfer.paths import confine
+from outrider.transfer.paths import Root, confine_any
 
 #: Download `source` (with its per-request options, e.g. credentials) into the directory `dest` and return the
 #: directory holding the adapter. The transfer engine provides it; it must publish atomically (nothing
@@ -98,8 +98,11 @@ class VolumeFetcher:
         *,
         pvc_root: str | None = None,
         limiter: trio.CapacityLimiter | None = None,
+        write_roots: tuple[Root, ...] = (),
     ) -> None:
         self.root = root
+        # Where a download may land: the adapter root, and any other directory a caller may name (see Reconciler).
+        self.write_roots: tuple[Root, ...] = ((root, "--adapter-root"), *write_roots)
         self.remote = remote
         self.pvc_root = pvc_root
         self._limiter = limiter
@@ -122,7 +125,7 @@ class VolumeFetcher:
         # Confined again here, symlinks resolved, right before anything is written (the caller checked it when the
         # adapter was declared; a link made since must not lead the write elsewhere).
         target = await trio.to_thread.run_sync(
-            confine, self.root, str(dest), "output_dir", limiter=self._limiter, abandon_on_cancel=True
+            confine_any, self.write_roots, str(dest), "output_dir", limiter=self._limiter, abandon_on_cancel=True
         )
         return Fetched(await self.remote(source, config, target), downloaded=True)
 

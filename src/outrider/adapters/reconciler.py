@@ -30,7 +30,7 @@ from pathlib import Path
 import trio
 
 from outrider.adapters.fetch import AdapterFetcher
-from outrider.adapters.names import display_source, validate_name
+from outrider.adapters.names import directory_name, display_source, validate_name
 from outrider.adapters.state import Adapter, Origin, State, Ticket
 from outrider.backoff import Backoff
 from outrider.engines.base import LoraApi
@@ -44,7 +44,7 @@ from outrider.errors import (
     OutriderError,
 )
 from outrider.metrics.own import OwnMetrics
-from outrider.transfer.paths import confine
+from outrider.transfer.paths import Root, confine_any
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,13 @@ class Reconciler:
     adapter_root: Path
     interval: float
     metrics: OwnMetrics | None = None
+    # Other directories a caller may have a download land in (a Kthena `output_dir` under the model root); the
+    # adapter root is always one. Each with the flag that sets it, for the refusals to name.
+    write_roots: tuple[Root, ...] = ()
+
+    @property
+    def roots(self) -> tuple[Root, ...]:
+        return ((self.adapter_root, "--adapter-root"), *self.write_roots)
 
     def __post_init__(self) -> None:
         self._adapters: dict[str, Adapter] = {}
@@ -117,7 +124,7 @@ class Reconciler:
         validate_name(name, "name")
         if not isinstance(source, str) or not source.strip():
             raise InvalidRequest("source must be a non-empty string", field="source")
-        target = dest if dest is not None else self.adapter_root / name
+        target = dest if dest is not None else self.adapter_root / directory_name(name)
         rec = self._adapters.get(name)
         now = time.time()
         same = rec is not None and rec.desired and (rec.source, rec.config, rec.dest) == (source, config, target)
@@ -498,7 +505,7 @@ class Reconciler:
             try:
                 # Confined again, symlinks resolved: a link swapped in since the download must not aim the delete
                 # elsewhere.
-                real = await trio.to_thread.run_sync(confine, self.adapter_root, str(path), "output_dir")
+                real = await trio.to_thread.run_sync(confine_any, self.roots, str(path), "output_dir")
                 await trio.to_thread.run_sync(shutil.rmtree, real)
             except FileNotFoundError:
                 return

@@ -40,7 +40,7 @@ def reconciler() -> Reconciler:
 def _wait_flag(body_wait: bool) -> bool:
     query = request.args.get("wait")
     if query is not None:
-        return bool_field({"wait": query}, "wait")
+        return bool_field({"wait": query}, "wait", blank_is_unset=False)
     return body_wait
 
 

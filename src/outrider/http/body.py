@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from array import array
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from quart import request
 from quart_schema import RequestSchemaValidationError
 
 from outrider.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 # Longest string field a compatible route takes (a URI or a path; the native models say the same).
@@ -113,13 +116,42 @@ def required_string(body: dict[str, Any], field: str) -> str:
     return value
 
 
-def bool_field(body: dict[str, Any], field: str, default: bool = False) -> bool:
-    value = body.get(field, default)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
+# The spellings of a boolean pydantic takes (the peers' models are pydantic ones), any case.
+_TRUE = frozenset(("true", "1", "yes", "on", "t", "y"))
+_FALSE = frozenset(("false", "0", "no", "off", "f", "n"))
+
+
+def bool_field(body: dict[str, Any], field: str, default: bool = False, *, blank_is_unset: bool = True) -> bool:
+    """A boolean as the peers take one: true/false, 1/0, or a word pydantic reads as one ("true", "yes", "off").
+    null is unset, and so is "" where `blank_is_unset` (the peers' clients send it for unset; a query's `?wait=`
+    is a typo)."""
+    value = body.get(field)
+    if value is None or (value == "" and blank_is_unset):
+        return default
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return value == 1
     if not isinstance(value, bool):
-        raise InvalidRequest(f"{field} must be a boolean", field=field)
+        raise InvalidRequest(f"{field} must be a boolean (true or false)", field=field)
     return value
+
+
+def workers_field(body: dict[str, Any], field: str, top: int) -> int | None:
+    """A worker count as the peers take one (a number, or its digits: "8"); one outside 1..`top` is clamped into
+    it, and the clamp logged: the Kthena runtime runs with whatever it is given, so refusing would break its
+    callers, and no count outside the range means anything else. null or "" is unset."""
+    value = body.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,9}\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{field} must be a whole number", field=field)
+    clamped = min(max(value, 1), top)
+    if clamped != value:
+        log.warning("%s %d is outside 1..%d: using %d", field, value, top, clamped)
+    return clamped
 
 
 def config_field(body: dict[str, Any], field: str = "config") -> dict[str, object] | None:

@@ -28,14 +28,15 @@ from typing import Any
 from pydantic import BaseModel
 from quart import Blueprint, Response, jsonify
 
-from outrider.adapters.names import display_source, validate_name
+from outrider.adapters.names import AIBRIX_DELEGATION_NAME, display_source, validate_name
 from outrider.errors import InvalidRequest, OutriderError, SourceAccessDenied, SourceError
 from outrider.http import models as m
 from outrider.http.adapters import reconciler
-from outrider.http.body import bool_field, config_field, json_object, required_string, string_field
+from outrider.http.body import bool_field, config_field, json_object, required_string, string_field, workers_field
 from outrider.http.spec import describe
+from outrider.option_types import MAX_DOWNLOAD_WORKERS
 from outrider.sources.options import credentials_config
-from outrider.transfer.paths import confine_off_loop
+from outrider.transfer.paths import confine_any_off_loop
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,21 @@ async def aibrix_load() -> Response | tuple[Response, int]:
     body = await json_object()
     name = validate_name(body.get("lora_name"))
     if body.get("artifact_url") not in (None, ""):  # "" means unset, as everywhere on these routes
-        return await _delegated_load(name, body)
+        return await _delegated_load(_delegated_name(name), body)
     path = string_field(body, "lora_path")
     assert path is not None
     await reconciler().load(name, path.strip())
     return Response(_loaded_text(name), status=200, content_type="text/plain; charset=utf-8")
+
+
+def _delegated_name(name: str) -> str:
+    """AIBrix's delegation mode takes only the names it can make a directory of as they are; so does outrider's
+    (a 400 where AIBrix answers 500). Its plain mode, like Kthena's routes, takes any name the engine does."""
+    if not AIBRIX_DELEGATION_NAME.match(name):
+        raise InvalidRequest(
+            f"lora_name must match {AIBRIX_DELEGATION_NAME.pattern} in AIBrix's delegation mode", field="lora_name"
+        )
+    return name
 
 
 async def _delegated_load(name: str, body: dict[str, Any]) -> tuple[Response, int]:
@@ -131,7 +142,8 @@ async def aibrix_unload() -> Response | tuple[Response, int]:
     if "cleanup_local" not in body:
         await reconciler().unload(name)
         return Response(_unloaded_text(name), status=200, content_type="text/plain; charset=utf-8")
-    cleanup = body["cleanup_local"] is None or bool_field(body, "cleanup_local")  # null: AIBrix's default, true
+    _delegated_name(name)
+    cleanup = bool_field(body, "cleanup_local", default=True)  # null: AIBrix's default, true
     # A controller retrying an unload must not be refused because the first try succeeded: AIBrix answers success
     # here whether or not the engine had the adapter.
     await reconciler().unload(name, keep_files=not cleanup, missing_ok=True)
@@ -156,14 +168,14 @@ async def kthena_load() -> tuple[Response, int]:
     assert source is not None
     output_dir = string_field(body, "output_dir", required=False) or None
     config = config_field(body)
-    max_workers = body.get("max_workers")
+    max_workers = workers_field(body, "max_workers", MAX_DOWNLOAD_WORKERS)
     if max_workers is not None:
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= 256:
-            raise InvalidRequest("max_workers must be an integer from 1 to 256", field="max_workers")
         config = {**(config or {}), "max_workers": max_workers}
     async_download = bool_field(body, "async_download")
     r = reconciler()
-    dest = await confine_off_loop(r.adapter_root, output_dir, "output_dir") if output_dir else None
+    # Kthena's manifests name output dirs under /models: any directory under the adapter root or the model root
+    # (both volumes outrider writes and the engine mounts) is taken; one elsewhere is refused naming both flags.
+    dest = await confine_any_off_loop(r.roots, output_dir, "output_dir") if output_dir else None
     echo = {"lora_name": name, "source": source, "output_dir": output_dir}
     if async_download:
         r.declare(name, source.strip(), config, dest=dest)

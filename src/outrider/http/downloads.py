@@ -24,7 +24,15 @@ from quart import Blueprint, Response, current_app, jsonify
 
 from outrider.errors import InvalidRequest, OutriderError, error_body
 from outrider.http import models as m
-from outrider.http.body import config_field, json_object, required_string, strict_body, string_field
+from outrider.http.body import (
+    bool_field,
+    config_field,
+    json_object,
+    required_string,
+    strict_body,
+    string_field,
+    workers_field,
+)
 from outrider.http.spec import describe
 from outrider.option_types import MAX_DOWNLOAD_WORKERS, parse_suffixes, size
 from outrider.runtime import Runtime
@@ -45,24 +53,6 @@ _LIST_DEPTH = 4
 
 
 # -- body parsing -----------------------------------------------------------------------------------------------
-
-
-def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"{name} must be true or false", field=name)
-    return value
-
-
-def _workers(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DOWNLOAD_WORKERS:
-        raise InvalidRequest(f"{name} must be a whole number from 1 to {MAX_DOWNLOAD_WORKERS}", field=name)
-    return value
 
 
 def _chunk_size(value: int | str | None) -> int | None:
@@ -183,8 +173,8 @@ async def kthena_download_model() -> tuple[Response, int]:
     output_dir_raw = required_string(body, "output_dir")
     output_dir = await confine_off_loop(_model_root(), output_dir_raw, "output_dir")
     config = config_field(body, "config")
-    workers = _workers(body, "max_workers")
-    async_download = _bool(body, "async_download", False)
+    workers = workers_field(body, "max_workers", MAX_DOWNLOAD_WORKERS)
+    async_download = bool_field(body, "async_download")
     job = await _manager().submit(DownloadRequest(source=source, dest=output_dir, config=config, workers=workers))
     shape = {"source": job.source, "output_dir": str(output_dir), "job_id": job.id}
     if async_download:
@@ -219,7 +209,7 @@ async def aibrix_model_download() -> tuple[Response, int]:
     base = root if local_dir_raw is None else str(await confine_off_loop(root, local_dir_raw, "local_dir"))
     dest = await confine_off_loop(root, os.path.join(base, model_name), "model_name")
     config = config_field(body, "download_extra_config") or {}
-    workers = _workers(config, "num_threads")
+    workers = workers_field(config, "num_threads", MAX_DOWNLOAD_WORKERS)
     suffixes = config.get("allow_file_suffix")
     if suffixes is not None and not isinstance(suffixes, str | list):
         raise InvalidRequest("allow_file_suffix must be a list or a comma-separated string", field="allow_file_suffix")

@@ -16,22 +16,34 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, WithJsonSchema
 
-from outrider.adapters.names import MAX_NAME
+from outrider.adapters import names
+from outrider.adapters.names import AIBRIX_DELEGATION_NAME, MAX_NAME
 from outrider.option_types import MAX_DOWNLOAD_WORKERS
 from outrider.sources.options import CREDENTIAL_KEYS, IGNORED_CREDENTIAL_KEYS, MAX_OPTION
 
 # Longest URI, path or glob a request may carry; real ones are far shorter, and a bound keeps records small.
 MAX_URI = 4096
-# What adapters/names.py accepts; spelled again here as a JSON Schema pattern for the spec.
+# A model name the engine lifecycle makes directories and processes for: a safe file name.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$"
-# bool_field's accepted spellings of a boolean in a query string or a compatible body (any case).
-BOOL_TEXT_PATTERN = r"^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$"
+# bool_field's accepted spellings of a boolean in a query string or a compatible body (any case): pydantic's, as
+# the peers' (pydantic) models take them.
+BOOL_TEXT_PATTERN = (
+    r"^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|[Oo][Nn]|[Oo][Ff][Ff]|[Tt]|[Ff]|[Yy]|[Nn]|1|0)$"
+)
+# A worker count in a compatible body, as a number or its digits: out of range is clamped, not refused.
+WORKERS_TEXT_PATTERN = r"^\s*[+-]?[0-9]{1,9}\s*$"
 
-AdapterName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
+# Any name the engine takes (adapters/names.py): `team/sql`, `sql:v2`.
+ADAPTER_NAME_PATTERN = names.NAME_PATTERN
+AdapterName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME, pattern=ADAPTER_NAME_PATTERN)]
+# The names AIBrix's delegation mode itself takes (it writes a directory named so).
+DelegatedName = Annotated[str, StringConstraints(pattern=AIBRIX_DELEGATION_NAME.pattern)]
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI, pattern=r"\S")]
 Glob = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI)]
 Option = Annotated[str, StringConstraints(max_length=MAX_OPTION)]
 BoolText = Annotated[str, StringConstraints(pattern=BOOL_TEXT_PATTERN)]
+LaxBool = bool | Annotated[int, Field(ge=0, le=1)] | BoolText
+Workers = Annotated[int, Field(ge=-(10**9), le=10**9)] | Annotated[str, StringConstraints(pattern=WORKERS_TEXT_PATTERN)]
 
 
 class _Strict(BaseModel):
@@ -135,8 +147,10 @@ class KthenaDownload(_Lenient):
     source: Uri = Field(examples=["s3://bucket/models/llama", "org/model"])
     output_dir: Uri = Field(examples=["llama"])
     config: dict[str, Any] | str | None = Field(default=None, description="An object, or a JSON string holding one")
-    max_workers: int | None = Field(default=None, ge=1, le=MAX_DOWNLOAD_WORKERS)
-    async_download: bool | None = False
+    max_workers: Workers | None = Field(
+        default=None, description=f"Clamped to 1..{MAX_DOWNLOAD_WORKERS}; a number or its digits"
+    )
+    async_download: LaxBool | None = False
 
 
 class KthenaDownloadAnswer(BaseModel):
@@ -276,7 +290,7 @@ class AIBrixDelegatedLoad(_Lenient):
     """AIBrix 0.8's delegation mode (told apart by `artifact_url`): outrider fetches the artifact into
     `<adapter-root>/<lora_name>` and loads it from there, answering in JSON."""
 
-    lora_name: AdapterName
+    lora_name: DelegatedName
     artifact_url: Uri = Field(examples=["s3://bucket/adapters/sql", "huggingface://org/adapter", "pvc://adapters/sql"])
     credentials: Credentials | None = Field(
         default=None,
@@ -315,8 +329,8 @@ class AIBrixCleanupUnload(_Lenient):
     """AIBrix 0.8's delegation mode (told apart by `cleanup_local`): success also when the engine lacks the adapter;
     `cleanup_local: false` keeps what outrider downloaded for it."""
 
-    lora_name: AdapterName
-    cleanup_local: bool | BoolText | None = Field(default=True, description="Delete its downloaded files (null: true)")
+    lora_name: DelegatedName
+    cleanup_local: LaxBool | None = Field(default=True, description="Delete its downloaded files (null: true)")
 
 
 class AIBrixUnloadBody(RootModel[LoraName | AIBrixCleanupUnload]):
@@ -337,8 +351,10 @@ class KthenaLoad(_Lenient):
     source: Uri = Field(examples=["s3://bucket/adapters/sql"])
     output_dir: Annotated[str, StringConstraints(max_length=MAX_URI)] | None = None
     config: dict[str, Any] | str | None = Field(default=None, description="An object, or a JSON string holding one")
-    max_workers: int | None = Field(default=None, ge=1, le=256)
-    async_download: bool | BoolText = False
+    max_workers: Workers | None = Field(
+        default=None, description=f"Clamped to 1..{MAX_DOWNLOAD_WORKERS}; a number or its digits"
+    )
+    async_download: LaxBool | None = False
 
 
 class KthenaLoadAnswer(BaseModel):

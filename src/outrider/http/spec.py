@@ -50,7 +50,7 @@ _REF = "#/components/schemas/{model}"
 
 # Path parameters, constrained as the routes check them (a name outside these is a 400 or a 404, never a 500).
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
-    "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": models.NAME_PATTERN},
+    "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": models.ADAPTER_NAME_PATTERN},
     "job_id": {"type": "string", "minLength": 1, "maxLength": 64, "examples": ["dl-1-a1b2c3"]},
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -20,10 +21,8 @@ import trio
 from outrider.errors import InvalidRequest, InvalidSource, PathOutsideRoot
 
 
-def confine(root: str | Path, raw: str, field: str) -> Path:
-    """The destination for `raw` (relative to `root`, or absolute under it) as a path under `root` as given, with
-    every symlink resolved (so a container that mounts the root elsewhere can be handed the same relative path).
-    Raises PathOutsideRoot or InvalidRequest, naming `field`. Blocking: see `confine_off_loop`."""
+def _check_spelling(raw: str, field: str) -> None:
+    """What refuses a path whatever the root: empty, a NUL byte, a `..` part (also percent-encoded)."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidRequest(f"{field} must be a non-empty path", field=field)
     if "\x00" in raw:
@@ -31,6 +30,13 @@ def confine(root: str | Path, raw: str, field: str) -> Path:
     for spelling in {raw, urllib.parse.unquote(raw)}:
         if ".." in spelling.replace("\\", "/").split("/"):
             raise PathOutsideRoot(f"{field} must not contain '..': {raw!r}", field=field)
+
+
+def confine(root: str | Path, raw: str, field: str) -> Path:
+    """The destination for `raw` (relative to `root`, or absolute under it) as a path under `root` as given, with
+    every symlink resolved (so a container that mounts the root elsewhere can be handed the same relative path).
+    Raises PathOutsideRoot or InvalidRequest, naming `field`. Blocking: see `confine_off_loop`."""
+    _check_spelling(raw, field)
     real_root = Path(os.path.realpath(root))
     candidate = Path(raw) if raw.startswith("/") else Path(root) / raw
     # realpath resolves every symlink in the part that exists; what does not exist yet cannot point anywhere.
@@ -46,6 +52,28 @@ def confine(root: str | Path, raw: str, field: str) -> Path:
     if is_file:
         raise InvalidRequest(f"{field} names an existing file, not a directory: {raw!r}", field=field)
     return Path(root) / resolved.relative_to(real_root)
+
+
+#: A directory downloads may land under, and the flag that sets it (named when a destination is refused).
+Root = tuple[Path, str]
+
+
+def confine_any(roots: Sequence[Root], raw: str, field: str) -> Path:
+    """`confine` under the first of `roots` that holds `raw`; when none does, one PathOutsideRoot naming them all
+    with their flags. Any other refusal (a NUL byte, a root itself, a file) is the first root's that holds it."""
+    _check_spelling(raw, field)
+    for root, _flag in roots:
+        try:
+            return confine(root, raw, field)
+        except PathOutsideRoot:
+            continue
+    named = " or ".join(f"{str(root)!r} ({flag})" for root, flag in roots)
+    raise PathOutsideRoot(f"{field} must be a directory under {named}: {raw!r}", field=field)
+
+
+async def confine_any_off_loop(roots: Sequence[Root], raw: str, field: str) -> Path:
+    """`confine_any` in a worker thread, as `confine_off_loop`."""
+    return await trio.to_thread.run_sync(confine_any, roots, raw, field, abandon_on_cancel=True)
 
 
 async def confine_off_loop(root: str | Path, raw: str, field: str) -> Path:

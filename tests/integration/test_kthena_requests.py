@@ -1,0 +1,173 @@
+"""The Kthena runtime's documented requests, sent as its users send them, answered in its shapes (issue #25):
+LoRA output dirs under /models, field types as Kthena takes them, adapter names the engine takes.
+
+Over real sockets: outrider, the stand-in vLLM (tests/fakes/lora_engine.py) and moto's S3 server. The layout is a
+Kthena pod's: the model root `<tmp>/models` (Kthena's /models), the adapter root `<tmp>/models/adapters`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from outrider.transfer.settings import DownloadSettings
+from tests.fakes.lora_engine import FakeLoraEngine
+from tests.integration.conftest import Running, start_outrider, wait_until
+from tests.integration.lora_fixtures import assert_downloaded, lora_settings, vllm
+from tests.servers.moto import MotoServer
+
+__all__ = ["vllm"]  # fixtures
+
+BUCKET = "my-bucket"
+ADAPTER = {
+    "lora/qwen/adapter_config.json": b'{"peft_type": "LORA", "r": 8}',
+    "lora/qwen/adapter_model.safetensors": bytes(range(256)) * 64,
+}
+MODEL = {"models/tiny/config.json": b'{"model_type": "llama"}', "models/tiny/model.safetensors": b"\1" * 4096}
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    server.start()
+    try:
+        server.seed(BUCKET, {**ADAPTER, **MODEL})
+        server.enforce_auth(True)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    (tmp_path / "models" / "adapters").mkdir(parents=True)
+    return tmp_path / "models"
+
+
+async def _start(nursery: trio.Nursery, engine: FakeLoraEngine, models: Path) -> Running:
+    downloads = DownloadSettings(model_root=str(models))
+    return await start_outrider(nursery, lora_settings(engine, models / "adapters", downloads=downloads))
+
+
+def _config(moto: MotoServer) -> str:
+    """Kthena's `config`: a JSON string."""
+    return json.dumps({"access_key": moto.reader[0], "secret_key": moto.reader[1], "endpoint": moto.url})
+
+
+async def test_lora_output_dir_under_the_model_root_as_the_seed_example(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, models: Path, moto: MotoServer
+) -> None:
+    """The seed's example (Kthena's manifests put output dirs under /models): Kthena answers 202 and the adapter
+    loads from output_dir; outrider answered 403 `output_dir must be a directory under '/adapters'`."""
+    o = await _start(nursery, vllm, models)
+    out = models / "lora" / "qwen"
+    body = {
+        "lora_name": "qwen-lora",
+        "source": f"s3://{BUCKET}/lora/qwen",
+        "output_dir": str(out),
+        "config": _config(moto),
+        "async_download": True,
+    }
+
+    response = await o.client.post("/v1/load_lora_adapter", json=body)
+
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["status"] == "started"
+    assert (answer["lora_name"], answer["source"], answer["output_dir"]) == ("qwen-lora", body["source"], str(out))
+
+    async def loaded() -> bool:
+        return [c.path for c in vllm.load_calls("qwen-lora") if c.status == 200] == [str(out)]
+
+    await wait_until(loaded, within=30, what="the adapter loaded from output_dir")
+    assert_downloaded(out, {k.removeprefix("lora/"): v for k, v in ADAPTER.items()})
+    o.shutdown.set()
+
+
+async def test_lora_output_dir_outside_both_roots_names_both_flags(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, models: Path, moto: MotoServer
+) -> None:
+    o = await _start(nursery, vllm, models)
+    elsewhere = models.parent / "elsewhere" / "qwen"
+    body = {"lora_name": "q", "source": f"s3://{BUCKET}/lora/qwen", "output_dir": str(elsewhere)}
+
+    response = await o.client.post("/v1/load_lora_adapter", json={**body, "config": _config(moto)})
+
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert error["field"] == "output_dir"
+    assert "--adapter-root" in error["message"] and "--model-root" in error["message"]
+    assert not elsewhere.parent.exists() and vllm.load_calls() == []
+    o.shutdown.set()
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "shape"),
+    [
+        ({"max_workers": "8"}, 200, "completed"),
+        ({"max_workers": 0}, 200, "completed"),  # clamped to 1
+        ({"max_workers": 100}, 200, "completed"),  # clamped to the most outrider runs
+        ({"async_download": "true"}, 202, "started"),
+        ({"async_download": 1}, 202, "started"),
+    ],
+)
+async def test_download_model_takes_kthenas_field_types(
+    nursery: trio.Nursery,
+    vllm: FakeLoraEngine,
+    models: Path,
+    moto: MotoServer,
+    extra: dict[str, Any],
+    status: int,
+    shape: str,
+) -> None:
+    """Kthena answers these 200/202; outrider answered 400 (`max_workers`, `async_download`)."""
+    o = await _start(nursery, vllm, models)
+    body = {"source": f"s3://{BUCKET}/models/tiny", "output_dir": str(models / "tiny"), "config": _config(moto)}
+
+    response = await o.client.post("/v1/download_model", json={**body, **extra}, timeout=60)
+
+    assert response.status_code == status, response.text
+    assert response.json()["status"] == shape
+    assert response.json()["output_dir"] == str(models / "tiny")
+    o.shutdown.set()
+
+
+async def test_load_lora_adapter_takes_max_workers_as_text(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, models: Path, moto: MotoServer
+) -> None:
+    o = await _start(nursery, vllm, models)
+    body = {"lora_name": "qwen", "source": f"s3://{BUCKET}/lora/qwen", "config": _config(moto), "max_workers": "4"}
+
+    response = await o.client.post("/v1/load_lora_adapter", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["lora_name"]) == ("success", "qwen")
+    assert [c.path for c in vllm.load_calls("qwen")] == [str(models / "adapters" / "qwen")]
+    o.shutdown.set()
+
+
+@pytest.mark.parametrize(("name", "directory"), [("team/sql", "team%2Fsql"), ("sql:v2", "sql%3Av2")])
+async def test_adapter_names_vllm_takes_are_served(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, models: Path, moto: MotoServer, name: str, directory: str
+) -> None:
+    """vLLM serves any lora_name; Kthena passes it on (200); outrider refused it (400). The name reaches the engine
+    as given; its files land in one directory under the adapter root whose name cannot lead anywhere else."""
+    o = await _start(nursery, vllm, models)
+    body = {"lora_name": name, "source": f"s3://{BUCKET}/lora/qwen", "config": _config(moto)}
+
+    response = await o.client.post("/v1/load_lora_adapter", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["lora_name"] == name
+    assert vllm.loaded == {name: str(models / "adapters" / directory)}
+    assert [p.name for p in (models / "adapters").iterdir()] == [directory]
+    listed = (await o.client.get("/v1/models")).json()
+    assert name in {m["id"] for m in listed["data"]}
+    response = await o.client.post("/v1/unload_lora_adapter", json={"lora_name": name})
+    assert (response.status_code, response.json()["lora_name"]) == (200, name)
+    assert vllm.loaded == {}
+    o.shutdown.set()
