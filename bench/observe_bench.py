@@ -77,8 +77,8 @@ async def main(n: int) -> None:
     runtime = build_runtime(Settings(engine="vllm", engine_base_url="http://127.0.0.1:9"))
     app = create_app(runtime)
     hot = HotRoutes(cast(ASGIApp, app), runtime)
-    guard = Guard(hot, token=None, protect_metrics=False, max_body_size=1 << 20)
     routes = RouteTable(app.url_map, hot.paths)
+    guard = Guard(hot, routes, token=None, protect_metrics=False, max_body_size=1 << 20)
     observed = Observe(guard, routes, runtime.metrics.http)
     print(f"{n} requests x best of {ROUNDS}; microseconds per request")
     for path in ("/health", "/metrics"):

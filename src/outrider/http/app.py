@@ -33,10 +33,16 @@ def create_asgi(runtime: Runtime) -> ASGIApp:
     # Quart types its ASGI signature with TypedDict events; at run time it is the plain ASGI callable.
     quart = ShieldedSend(cast(ASGIApp, app))
     hot = HotRoutes(quart, runtime)
+    # One route table for the guard and the request metrics: both must see the route the router will serve.
+    routes = RouteTable(app.url_map, hot.paths)
     guard = Guard(
-        hot, token=settings.api_token, protect_metrics=settings.protect_metrics, max_body_size=settings.max_body_size
+        hot,
+        routes,
+        token=settings.api_token,
+        protect_metrics=settings.protect_metrics,
+        max_body_size=settings.max_body_size,
     )
-    return Observe(guard, RouteTable(app.url_map, hot.paths), runtime.metrics.http)
+    return Observe(guard, routes, runtime.metrics.http)
 
 
 def route_paths(runtime: Runtime) -> set[str]:

@@ -36,6 +36,7 @@ from outrider.adapters.names import MAX_NAME
 from outrider.http import docs_assets, models
 from outrider.http.guard import Guard
 from outrider.http.hot import HotRoutes, Receive, Scope, Send
+from outrider.http.observe import RouteTable
 from outrider.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,8 +112,12 @@ class OutriderOpenAPI(OpenAPIProvider):
         return runtime
 
     def _guard(self) -> Guard:
-        settings = self._runtime().settings
-        return Guard(_nothing, token=settings.api_token, protect_metrics=settings.protect_metrics, max_body_size=1)
+        runtime = self._runtime()
+        settings = runtime.settings
+        routes = RouteTable(self._app.url_map, HotRoutes(_nothing, runtime).paths)
+        return Guard(
+            _nothing, routes, token=settings.api_token, protect_metrics=settings.protect_metrics, max_body_size=1
+        )
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
