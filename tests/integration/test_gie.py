@@ -9,6 +9,7 @@ page was made with LoRA off).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -162,4 +163,44 @@ async def test_vllm_page_through_a_running_outrider_has_one_lora_series(
     series, stamp = line.rsplit(" ", 1)
     assert series == LORA_INFO + '{max_lora="4",running_lora_adapters="b",waiting_lora_adapters="b"}'
     assert float(stamp) == float(newest.rsplit(" ", 1)[1])
+    o.shutdown.set()
+
+
+def overflowing(page: str) -> str:
+    """vLLM 0.34's data-parallel page with both engines' queue at 1e308 and their running count at +Inf and -Inf."""
+    lines = []
+    for line in page.split("\n"):
+        if line.startswith("vllm:num_requests_waiting{"):
+            line = line.rsplit(" ", 1)[0] + " 1e+308"
+        elif line.startswith("vllm:num_requests_running{"):
+            line = line.rsplit(" ", 1)[0] + (" +Inf" if 'engine="0"' in line else " -Inf")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("profiles", [("outrider",), ("outrider", "gie")])
+async def test_values_beyond_floats_on_data_parallel_series_keep_the_page_and_the_pod_ready(
+    nursery: trio.Nursery, engine_pages: dict[str, str], caplog: pytest.LogCaptureFixture, profiles: tuple[str, ...]
+) -> None:
+    # With gie the two queues summed overflowed math.fsum: no page, /ready 503 (the pod out of its Service) while
+    # the default profile served the same page, and a traceback on every scrape.
+    page = overflowing(engine_pages["vllm-0.34.0-dp2.prom"])
+    engine = FakeEngine(page)
+    await engine.start(nursery)
+    o = await start_outrider(nursery, fast_settings(engine, metrics_profiles=profiles))
+
+    async def scraped_twice() -> bool:
+        return engine.metrics_requests >= 2 and (await o.client.get("/metrics")).status_code == 200
+
+    await wait_until(scraped_twice, within=5, what="the engine page served")
+    assert (await o.client.get("/ready")).status_code == 200
+    served = (await o.client.get("/metrics")).text
+    queued = [
+        s for f in text_string_to_metric_families(served) if f.name == "vllm:num_requests_waiting" for s in f.samples
+    ]
+    if "gie" in profiles:
+        assert [s.value for s in queued] == [float("inf")]
+    else:
+        assert [s.value for s in queued] == [1e308, 1e308]
+    assert [r for r in caplog.records if r.exc_info is not None or r.levelno >= logging.ERROR] == []
     o.shutdown.set()

@@ -31,9 +31,11 @@ from outrider.metrics.gie import (
     parse_sample,
 )
 from outrider.metrics.standardize import Rewriter, RewrittenPage
+from tests.conftest import fixtures_dir
 
 SGLANG_PAGES = ("sglang-0.4.x.prom", "sglang-0.5.23.prom")
-VLLM_PAGES = ("vllm-0.10.x.prom", "vllm-0.32.0-cpu.prom", "vllm-0.7.x-v0.prom")
+VLLM_PAGES = ("vllm-0.10.x.prom", "vllm-0.32.0-cpu.prom", "vllm-0.34.0.prom", "vllm-0.7.x-v0.prom")  # one engine
+DP_PAGE = "vllm-0.34.0-dp2.prom"  # vLLM 0.34.0 with --data-parallel-size 2: every family has engine "0" and "1"
 # The protocol families each real page can feed (the 0.4 SGLang page is a selection without cache gauges; SGLang
 # has no LoRA family, which outrider serves from its adapter state instead, see AdapterLoraInfo).
 FAMILIES = {
@@ -41,6 +43,8 @@ FAMILIES = {
     "sglang-0.5.23.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG},
     "vllm-0.10.x.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG},
     "vllm-0.32.0-cpu.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO},
+    "vllm-0.34.0.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO},
+    DP_PAGE: {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO},
     "vllm-0.7.x-v0.prom": {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO},
 }
 ALL_PROTOCOL = {QUEUED, RUNNING, KV_USAGE, CACHE_CONFIG, LORA_INFO}
@@ -108,14 +112,35 @@ def relabel(line: str, changes: Labels, value: float) -> str:
             head = re.sub(rf'{key}="[^"]*"', f'{key}="{val}"', head)
         else:
             head = head.replace("{", f'{{{key}="{val}",', 1)
-    return f"{head} {value!r}"
+    return f"{head} {text_value(value)}"
 
 
 def replicas(page: str, family: str, values: list[tuple[Labels, float]]) -> str:
     return with_series(page, family, lambda line: [relabel(line, labels, v) for labels, v in values])
 
 
+def per_engine(page: str, family: str, values: dict[str, tuple[Labels, float]]) -> str:
+    """The page with the series of each `engine` label value given new labels and value (the DP page's own lines)."""
+
+    def make(line: str) -> list[str]:
+        engine = re.search(r'engine="([^"]*)"', line)
+        assert engine is not None and engine.group(1) in values, line
+        labels, value = values[engine.group(1)]
+        return [relabel(line, labels, value)]
+
+    return with_series(page, family, make)
+
+
+def text_value(value: float) -> str:
+    """A number as the text format writes it (independent of outrider's own formatter)."""
+    return "+Inf" if value == math.inf else "-Inf" if value == -math.inf else repr(value)
+
+
 # -- every real page --
+
+
+def test_every_fixture_page_is_run_through_the_profile() -> None:
+    assert set(FAMILIES) == {p.name for p in fixtures_dir().glob("*.prom")}
 
 
 @pytest.mark.parametrize("page_name", sorted(FAMILIES))
@@ -194,38 +219,96 @@ def test_vllm_lora_state_alone_in_its_window_is_the_newest_series_wherever_it_st
     assert family_lines(served, LORA_INFO) == [relabel(lines[-1], {}, stamps[lines[-1]])]
 
 
+@pytest.mark.parametrize("page_name", ["vllm-0.34.0.prom", DP_PAGE])
+def test_vllm_block_count_is_vllms_own_figure(engine_pages: dict[str, str], page_name: str) -> None:
+    # vLLM's front end sums its engines' blocks into one cache config and labels every engine's series with it:
+    # 8192 blocks per engine, and both series of the DP page say 16384. That is the pod's figure, served as is.
+    page = engine_pages[page_name]
+    own = series(page, CACHE_CONFIG)
+    (figure,) = {labels["num_gpu_blocks"] for labels, _ in own}
+    assert figure == ("16384" if page_name == DP_PAGE else "8192") and len(own) == (2 if page_name == DP_PAGE else 1)
+
+    labels, value = the_one(rewrite("vllm", page).text, CACHE_CONFIG)
+
+    assert labels["num_gpu_blocks"] == figure and labels["block_size"] == "16" and value == 1.0
+    assert labels == {k: v for k, v in own[0][0].items() if k != "engine" or len(own) == 1}
+
+
 def test_vllm_data_parallel_families_are_combined_into_one_series(engine_pages: dict[str, str]) -> None:
-    page = engine_pages["vllm-0.32.0-cpu.prom"]
-    derived = replicas(page, QUEUED, [({"engine": "0"}, 3.0), ({"engine": "1"}, 4.0)])
-    derived = replicas(derived, RUNNING, [({"engine": "0"}, 1.0), ({"engine": "1"}, 2.0)])
-    derived = replicas(derived, KV_USAGE, [({"engine": "0"}, 0.25), ({"engine": "1"}, 0.75)])
-    derived = replicas(derived, CACHE_CONFIG, [({"engine": "0"}, 1.0), ({"engine": "1"}, 1.0)])
-    # Each engine stamps its own adapter set: b now on one, a half a second ago on the other; the empty set is old.
-    lora = family_lines(page, LORA_INFO)
+    page = engine_pages[DP_PAGE]
+    derived = per_engine(page, QUEUED, {"0": ({}, 3.0), "1": ({}, 4.0)})
+    derived = per_engine(derived, RUNNING, {"0": ({}, 1.0), "1": ({}, 2.0)})
+    derived = per_engine(derived, KV_USAGE, {"0": ({}, 0.25), "1": ({}, 0.75)})
+    # Each engine stamps its own adapter set: b now on one, a half a second ago on the other; the rest is old.
     now = 1.8e9
     stamped = {
-        'running_lora_adapters=""': now - 30,
         'running_lora_adapters="a"': now - LORA_WINDOW / 2,
         'running_lora_adapters="b"': now,
     }
     derived = with_series(
-        derived, LORA_INFO, lambda ln: [relabel(ln, {}, next(t for k, t in stamped.items() if k in ln))]
+        derived, LORA_INFO, lambda ln: [relabel(ln, {}, next((t for k, t in stamped.items() if k in ln), now - 30))]
     )
-    assert len(lora) == 3
+    assert len(family_lines(page, LORA_INFO)) == 4
 
-    result = rewrite("vllm", derived)
-    served = result.text
+    served = rewrite("vllm", derived).text
     assert the_one(served, QUEUED) == ({"model_name": "tiny"}, 7.0)
     assert the_one(served, RUNNING) == ({"model_name": "tiny"}, 3.0)
     assert the_one(served, KV_USAGE) == ({"model_name": "tiny"}, 0.5)
     cache_labels, _ = the_one(served, CACHE_CONFIG)
-    assert cache_labels["block_size"] == "128" and cache_labels["num_gpu_blocks"] == str(2 * 8192)
-    assert "engine" not in cache_labels
+    assert cache_labels["num_gpu_blocks"] == "16384" and "engine" not in cache_labels
     labels, stamp = the_one(served, LORA_INFO)
     assert labels == {"max_lora": "4", "running_lora_adapters": "b,a", "waiting_lora_adapters": "b,a"}
     assert stamp == now
     # The per-engine series stay under the unified names, made from the page as vLLM served it.
     assert sorted(v for _, v in series(served, "outrider:num_requests_waiting")) == [3.0, 4.0]
+
+
+def test_vllm_data_parallel_cache_config_before_profiling_is_one_series(engine_pages: dict[str, str]) -> None:
+    # Before profiling vLLM has no block count yet and writes num_gpu_blocks="None" on every engine's series.
+    unknown = ({"num_gpu_blocks": "None"}, 1.0)
+    page = per_engine(engine_pages[DP_PAGE], CACHE_CONFIG, {"0": unknown, "1": unknown})
+
+    labels, value = the_one(rewrite("vllm", page).text, CACHE_CONFIG)
+
+    assert labels["num_gpu_blocks"] == "None" and labels["block_size"] == "16" and "engine" not in labels
+    assert value == 1.0
+
+
+@pytest.mark.parametrize(
+    ("values", "queued", "usage"),
+    [
+        ((1e308, 1e308), math.inf, math.inf),
+        ((math.inf, -math.inf), math.nan, math.nan),
+        ((math.inf, 1.0), math.inf, math.inf),
+    ],
+)
+def test_data_parallel_values_beyond_floats_still_give_the_page(
+    engine_pages: dict[str, str], values: tuple[float, float], queued: float, usage: float
+) -> None:
+    # A hostile (or broken) engine: the sums overflow or meet +Inf and -Inf. The page is still served, with the
+    # value float arithmetic gives, and every other family as it was.
+    page = engine_pages[DP_PAGE]
+    by_engine: dict[str, tuple[Labels, float]] = {"0": ({}, values[0]), "1": ({}, values[1])}
+    for family in (QUEUED, RUNNING, KV_USAGE):
+        page = per_engine(page, family, by_engine)
+    blocks = {"0": ({"num_gpu_blocks": "1e308"}, 1.0), "1": ({"num_gpu_blocks": "1e308"}, 1.0)}
+    page = per_engine(page, CACHE_CONFIG, blocks)
+
+    served = rewrite("vllm", page).text
+
+    for family, want in ((QUEUED, queued), (RUNNING, queued), (KV_USAGE, usage)):
+        _, got = the_one(served, family)
+        assert got == want or (math.isnan(got) and math.isnan(want)), family
+    assert the_one(served, CACHE_CONFIG)[0]["num_gpu_blocks"] == str(int(1e308))
+
+
+def test_sglang_cache_gauges_beyond_floats_give_no_block_count(engine_pages: dict[str, str]) -> None:
+    page = engine_pages["sglang-0.5.23.prom"]
+    page = replicas(page, "sglang:num_pages", [({"dp_rank": "0"}, 1e308), ({"dp_rank": "1"}, 1e308)])
+    page = replicas(page, "sglang:num_queue_reqs", [({"dp_rank": "0"}, math.inf), ({"dp_rank": "1"}, -math.inf)])
+    served = rewrite("sglang", page).text
+    assert not series(served, CACHE_CONFIG)  # no whole number of blocks: unknown to the picker, as when absent
+    assert math.isnan(the_one(served, QUEUED)[1])
 
 
 def test_sglang_data_parallel_ranks_add_up_and_tensor_parallel_ranks_count_once(engine_pages: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from outrider.engines import get_engine_spec
 from outrider.metrics.concepts import UNIFIED, profile_targets
 from outrider.metrics.standardize import Rewriter
+from tests.conftest import fixtures_dir
 
 ALL_PROFILES = ("outrider", "kthena", "aibrix")
 
@@ -43,6 +44,9 @@ EXPECTED: dict[str, dict[str, str]] = {
     },
     "vllm-0.10.x.prom": {**VLLM_V1, "inter_token_latency_seconds": "vllm:time_per_output_token_seconds"},
     "vllm-0.32.0-cpu.prom": VLLM_V1,
+    # 0.33 and 0.34 add names (KV offload and connector families, a render-duration histogram), none of these.
+    "vllm-0.34.0.prom": VLLM_V1,
+    "vllm-0.34.0-dp2.prom": VLLM_V1,
     "sglang-0.4.x.prom": {
         "num_requests_running": "sglang:num_running_reqs",
         "num_requests_waiting": "sglang:num_queue_reqs",
@@ -103,6 +107,10 @@ def series_of(samples: dict[Sample, float], family: str) -> dict[Sample, float]:
 
 def same(a: float, b: float) -> bool:
     return a == b or (a != a and b != b)  # NaN equals NaN here
+
+
+def test_every_fixture_page_is_pinned() -> None:
+    assert set(EXPECTED) == {p.name for p in fixtures_dir().glob("*.prom")}
 
 
 @pytest.mark.parametrize("page_name", sorted(EXPECTED))

@@ -45,6 +45,9 @@ class CacheShapeInfo:
     family: str
     block_size_label: str
     num_blocks_label: str
+    # True when every replica's series carries the block count of the whole pod rather than its own (vLLM's front
+    # end sums its engines' blocks into one cache config and labels every engine's series with it): not summed.
+    count_is_pod_total: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

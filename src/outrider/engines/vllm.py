@@ -84,8 +84,9 @@ VLLM = EngineSpec(
         "e2e_request_latency_seconds": ("vllm:e2e_request_latency_seconds",),
     },
     lora=VllmLora(),
-    # Every generation, V0 included, labels its cache config this way (one series per engine in V1).
-    cache_shape=(CacheShapeInfo("vllm:cache_config_info", "block_size", "num_gpu_blocks"),),
+    # Every generation, V0 included, labels its cache config this way (one series per engine in V1, each with the
+    # blocks of all engines: the front end sums them, vllm/v1/engine/core_client.py, since data parallelism came).
+    cache_shape=(CacheShapeInfo("vllm:cache_config_info", "block_size", "num_gpu_blocks", count_is_pod_total=True),),
     # A gauge whose value is the time it was set, one series per label set ever seen (the label sets are never
     # removed), without an engine label; max_lora is vLLM's --max-loras.
     lora_info="vllm:lora_requests_info",

@@ -12,11 +12,15 @@ combined value of the engine:
   SGLang's `dp_rank`, any `priority` split);
 - `vllm:kv_cache_usage_perc`: the mean over replicas (each replica has its own pool, of the same size, so the mean
   is the fraction of the pod's KV cache in use);
-- `vllm:cache_config_info{block_size, num_gpu_blocks}`: the block size, and the blocks of all replicas summed;
+- `vllm:cache_config_info{block_size, num_gpu_blocks}`: the block size, and the pod's blocks: vLLM's own figure
+  (its front end labels every engine's series with the blocks of all engines), SGLang's replicas summed; a count
+  the engine does not know yet (vLLM's "None" before profiling) is served as the engine wrote it;
 - `vllm:lora_requests_info`: see `_lora_series` (vLLM) and `AdapterLoraInfo` (engines without it: SGLang).
 
 Series that differ only in a rank inside one replica (`REPLICA_RANKS`) describe the same scheduler and count once,
-by their largest value. The combined series keeps the labels that all its inputs share.
+by their largest value. The combined series keeps the labels that all its inputs share. Values no engine means
+(1e308 twice, +Inf beside -Inf) still combine, to +Inf or NaN as float arithmetic has it: a hostile page is
+served, never dropped.
 
 vLLM's families already carry the protocol's names. A family with one series passes through byte for byte; a family
 with several is replaced where it stands by the one combined series, so the family is never duplicated. The
@@ -157,14 +161,28 @@ def _larger(a: float, b: float) -> float:
     return a if math.isnan(a) or a >= b else b  # a NaN on either side stays NaN
 
 
+def _replica(sample: Sample, ignore: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in sample.labels.items() if k not in REPLICA_RANKS and k not in ignore))
+
+
 def per_replica(samples: Iterable[Sample], value: Callable[[Sample], float], ignore: frozenset[str]) -> list[float]:
     """One value per replica: series equal but for REPLICA_RANKS (and `ignore`) count once, by their largest."""
     groups: dict[tuple[tuple[str, str], ...], float] = {}
     for s in samples:
-        key = tuple(sorted((k, v) for k, v in s.labels.items() if k not in REPLICA_RANKS and k not in ignore))
+        key = _replica(s, ignore)
         seen = groups.get(key)
         groups[key] = value(s) if seen is None else _larger(seen, value(s))
     return list(groups.values())
+
+
+def total(values: Sequence[float]) -> float:
+    """The sum, exact where floats allow; +-Inf or NaN (never an exception) where the engine's values overflow."""
+    try:
+        return math.fsum(values)
+    except OverflowError:  # finite values whose partial sums leave the float range (1e308 twice)
+        return sum(values)
+    except ValueError:  # +Inf and -Inf together
+        return math.nan
 
 
 def common_labels(samples: Sequence[Sample], ignore: frozenset[str] = frozenset()) -> dict[str, str]:
@@ -174,8 +192,8 @@ def common_labels(samples: Sequence[Sample], ignore: frozenset[str] = frozenset(
 
 
 def _combined(values: Sequence[float], how: Combine) -> float:
-    total = math.fsum(values)
-    return total if how == "sum" else total / len(values)
+    summed = total(values)
+    return summed if how == "sum" else summed / len(values)
 
 
 def _whole(value: float) -> int | None:
@@ -318,32 +336,49 @@ class ProtocolRewrite:
             if not sizes or not blocks:
                 continue
             size = _whole(sizes[0].value)
-            total = _whole(math.fsum(per_replica(blocks, lambda s: s.value, frozenset())))
-            if size is None or total is None:
+            count = _whole(total(per_replica(blocks, lambda s: s.value, frozenset())))
+            if size is None or count is None:
                 continue
-            labels = {**common_labels(sizes + blocks), BLOCK_SIZE: str(size), NUM_BLOCKS: str(total)}
+            labels = {**common_labels(sizes + blocks), BLOCK_SIZE: str(size), NUM_BLOCKS: str(count)}
             return shape.num_blocks, blocks, series_line(CACHE_CONFIG, labels, 1.0)
         return None
 
 
 def _cache_from_info(shape: CacheShapeInfo, samples: list[Sample]) -> str | None:
-    """The cache shape series from an info-style family, or None when its labels are no whole numbers."""
+    """The cache shape series from an info-style family.
+
+    For the engine's own family (vLLM's) there is always one: a label that is no whole number is served as the
+    engine wrote it (the first series'), since several series would break the picker. A family of another name is
+    only translated when both labels are whole numbers (None otherwise: the picker reads the absence as unknown).
+    """
     size_label, count_label = shape.block_size_label, shape.num_blocks_label
+    own = shape.family == CACHE_CONFIG
     size = _whole_label(samples[0], size_label)
-    counts = {s.index: _whole_label(s, count_label) for s in samples}
-    if size is None or None in counts.values():
-        return None
+    counts = [(s, _whole_label(s, count_label)) for s in samples]
+    known = [c for _, c in counts if c is not None]
     ignore = frozenset({size_label, count_label})
-    total = int(math.fsum(per_replica(samples, lambda s: float(counts[s.index] or 0), ignore)))
-    shared = common_labels(samples, ignore)
-    if shape.family == CACHE_CONFIG:  # vLLM's own: its label order kept, both numbers where they stand
-        labels = {
-            k: str(size) if k == size_label else str(total) if k == count_label else v
-            for k, v in samples[0].labels.items()
-            if k in shared or k in ignore
-        }
+    count: int | None
+    if shape.count_is_pod_total:  # every series carries the pod's figure: one of them, not their sum
+        count = max(known) if known else None
+    elif len(known) == len(counts):  # per replica: ints, whose sum never overflows
+        replicas: dict[tuple[tuple[str, str], ...], int] = {}
+        for s, c in counts:
+            key = _replica(s, ignore)
+            replicas[key] = max(replicas.get(key, 0), c or 0)
+        count = sum(replicas.values())
     else:
-        labels = {**shared, BLOCK_SIZE: str(size), NUM_BLOCKS: str(total)}
+        count = None
+    if not own and (size is None or count is None):
+        return None
+    shared = common_labels(samples, ignore)
+    if own:  # vLLM's own: its label order kept, both numbers where they stand
+        served = {
+            size_label: samples[0].labels.get(size_label, "") if size is None else str(size),
+            count_label: samples[0].labels.get(count_label, "") if count is None else str(count),
+        }
+        labels = {k: served.get(k, v) for k, v in samples[0].labels.items() if k in shared or k in ignore}
+    else:
+        labels = {**shared, BLOCK_SIZE: str(size), NUM_BLOCKS: str(count)}
     return series_line(CACHE_CONFIG, labels, 1.0)
 
 
