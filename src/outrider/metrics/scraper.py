@@ -119,8 +119,7 @@ class Scraper:
         except trio.TooSlowError:
             self._failed(ScrapeFailed("timeout", f"no answer within {self.timeout:g}s"))
         except Exception as exc:  # the loop owns its failures: record, keep the last page, go on
-            log.exception("unexpected error while scraping %s", self.url)
-            self._failed(ScrapeFailed("protocol", f"{type(exc).__name__}: {exc}"))
+            self._failed(ScrapeFailed("protocol", f"{type(exc).__name__}: {exc}"), unexpected=exc)
         else:
             self.snapshot = Snapshot(rewritten.text.encode(), trio.current_time(), rewritten.max_lora)
             if self.last_error is not None:
@@ -157,18 +156,22 @@ class Scraper:
             raise ScrapeFailed("invalid_page", "engine answered an empty page")
         return page
 
-    def _failed(self, exc: ScrapeFailed) -> None:
+    def _failed(self, exc: ScrapeFailed, unexpected: Exception | None = None) -> None:
+        """Record a failed scrape; its reason is logged at most once per FAILURE_LOG_INTERVAL, with the traceback
+        of an `unexpected` error (a bug: an error, but one page per scrape must not flood the log either)."""
         self.last_error = exc
         self._metrics.engine_up.set(0)
         self._metrics.scrape_failures.labels(exc.reason).inc()
         now = trio.current_time()
-        key = f"{exc.reason}:{exc}"
+        # A bug's message may name what changes from page to page: its type is the same bug.
+        key = f"{exc.reason}:{exc}" if unexpected is None else f"{exc.reason}:{type(unexpected).__qualname__}"
         if (
             self._last_logged is None
             or self._last_logged[0] != key
             or now - self._last_logged[1] > FAILURE_LOG_INTERVAL
         ):
-            log.warning("scrape of %s failed (%s): %s", self.url, exc.reason, exc)
+            level = logging.WARNING if unexpected is None else logging.ERROR
+            log.log(level, "scrape of %s failed (%s): %s", self.url, exc.reason, exc, exc_info=unexpected)
             self._last_logged = (key, now)
 
 
