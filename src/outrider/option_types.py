@@ -98,6 +98,16 @@ def _redis_url(raw: str) -> SecretStr:
 
 
 _absolute_dir = _matching("/.*", "an absolute directory path")
+_prefix_name = _matching("[a-zA-Z_][a-zA-Z0-9_]*", "a metric name prefix")
+
+
+def _prefix(raw: str) -> str:
+    prefix = _prefix_name(raw)
+    # The engines' families are named `<engine>:...` (vllm:, sglang:): unified names there would declare the
+    # engine's own families a second time, which Prometheus and the endpoint picker reject.
+    if prefix in ENGINES:
+        raise ValueError(f"{prefix!r} is the namespace of the engine's own metrics; choose another prefix")
+    return prefix
 
 
 def _text(parse: Callable[[str], Any]) -> BeforeValidator:
@@ -111,7 +121,7 @@ UrlPath = Annotated[str, _text(_matching("/[^?# ]*", "an absolute URL path like 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Profiles = Annotated[tuple[str, ...], _text(_profiles)]
-Prefix = Annotated[str, _text(_matching("[a-zA-Z_][a-zA-Z0-9_]*", "a metric name prefix"))]
+Prefix = Annotated[str, _text(_prefix)]
 LogLevel = Annotated[str, _text(_one_of("debug", "info", "warning", "error"))]
 LogFormat = Annotated[str, _text(_one_of("json", "text"))]
 Dir = Annotated[str, _text(_absolute_dir), AfterValidator(lambda p: p.rstrip("/") or "/")]

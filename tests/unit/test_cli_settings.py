@@ -122,6 +122,9 @@ def test_max_age_defaults_to_three_intervals() -> None:
         (["-E", "vllm", "--scrape-interval", "nan"], "--scrape-interval"),
         (["-E", "vllm", "--metrics-profile", "datadog"], "unknown profile 'datadog'"),
         (["-E", "vllm", "--metrics-prefix", "my-prefix"], "--metrics-prefix"),
+        (["-E", "vllm", "--metrics-prefix", "vllm"], "--metrics-prefix: 'vllm' is the namespace of the engine"),
+        (["-E", "sglang", "--metrics-prefix", "sglang"], "--metrics-prefix: 'sglang' is the namespace"),
+        (["-E", "vllm", "--metrics-prefix", " sglang "], "--metrics-prefix: 'sglang' is the namespace"),
     ],
 )
 def test_bad_settings_name_the_setting(argv: list[str], needle: str) -> None:
