@@ -171,3 +171,28 @@ async def test_adapter_names_vllm_takes_are_served(
     assert (response.status_code, response.json()["lora_name"]) == (200, name)
     assert vllm.loaded == {}
     o.shutdown.set()
+
+
+async def test_pvc_with_an_absolute_path_is_that_directory(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, models: Path, tmp_path: Path
+) -> None:
+    """ModelBooster's `modelURI: pvc:///<claim>/<path>` (the claim mounted at /<claim>): Kthena copies that
+    directory; outrider looked for `<pvc-root>/<claim>/<path>` and answered 404. Now it is the directory itself,
+    when it lies under --pvc-root; elsewhere a 403 naming --pvc-root."""
+    claim = tmp_path / "claim"
+    (claim / "models" / "tiny").mkdir(parents=True)
+    (claim / "models" / "tiny" / "config.json").write_bytes(b'{"model_type": "llama"}')
+    downloads = DownloadSettings(model_root=str(models), pvc_root=str(claim))
+    o = await start_outrider(nursery, lora_settings(vllm, models / "adapters", downloads=downloads))
+    body = {"source": f"pvc://{claim}/models/tiny", "output_dir": str(models / "tiny")}
+
+    response = await o.client.post("/v1/download_model", json=body, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "completed"
+    assert (models / "tiny" / "config.json").read_bytes() == b'{"model_type": "llama"}'
+    outside = {"source": f"pvc://{models}/adapters", "output_dir": str(models / "other")}
+    response = await o.client.post("/v1/download_model", json=outside, timeout=30)
+    assert response.status_code == 403, response.text
+    assert "--pvc-root" in response.json()["error"]["message"]
+    o.shutdown.set()

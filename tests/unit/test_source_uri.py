@@ -20,7 +20,7 @@ from outrider.sources.uri import BucketRef, HubRef, VolumeRef, parse_source
         ("tos://bkt/p", BucketRef("tos", "bkt", "p")),
         ("  s3://models/x  ", BucketRef("s3", "models", "x")),
         ("pvc://models/llama", VolumeRef("models/llama", relative=True)),
-        ("pvc:///models/llama/", VolumeRef("models/llama", relative=True)),
+        ("pvc:///models/llama/", VolumeRef("/models/llama", relative=False)),  # Kthena's absolute spelling
         ("/mnt/models/llama", VolumeRef("/mnt/models/llama", relative=False)),
         ("/mnt/models/llama/", VolumeRef("/mnt/models/llama", relative=False)),
         ("Qwen/Qwen2.5-0.5B", HubRef("Qwen/Qwen2.5-0.5B", None)),
@@ -42,7 +42,8 @@ def test_parses(raw: str, expected: object) -> None:
     [
         ("s3://models/llama/", "s3://models/llama"),
         ("s3://models", "s3://models"),
-        ("pvc:///a/b", "pvc://a/b"),
+        ("pvc://a/b/", "pvc://a/b"),
+        ("pvc:///a/b", "/a/b"),
         ("/a/b/", "/a/b"),
         ("org/name", "hf://org/name"),
         ("org/name@v1", "hf://org/name@v1"),

@@ -2,9 +2,11 @@
 
 Accepted spellings:
 - `s3://bucket[/prefix]`, `obs://bucket[/prefix]`, `tos://bucket[/prefix]`: an object store bucket and key prefix.
-- `pvc://path`: a directory on a mounted volume, relative to the pod's `--pvc-root` (leading slashes are ignored,
-  so `pvc://models/x` and `pvc:///models/x` name the same directory).
-- `/absolute/path`: a directory on a mounted volume, named absolutely; it must still lie under `--pvc-root`.
+- `pvc://path`: a directory on a mounted volume, relative to the pod's `--pvc-root`.
+- `pvc:///absolute/path` (three slashes), or `/absolute/path`: a directory on a mounted volume, named absolutely,
+  as Kthena reads `pvc:///<claim>/<path>` (its claim mounted at `/<claim>`); it must still lie under `--pvc-root`
+  (or, for an adapter, under the adapter root). Kthena reads `pvc://path` as `/path` too; outrider keeps that
+  spelling relative to `--pvc-root`, which no volume layout needs to be `/`.
 - `org/name`, `hf://org/name`, `hf://name`, each with an optional `@revision`: a Hugging Face model repo
   (`huggingface://` is AIBrix's spelling of `hf://`).
 
@@ -172,6 +174,6 @@ def parse_source(raw: str) -> SourceRef:
         path = _split_path(rest, "path")
         if not path:
             raise _invalid("pvc:// source is missing a path (expected pvc://dir)")
-        return VolumeRef(path, relative=True)
+        return VolumeRef("/" + path, relative=False) if rest.startswith("/") else VolumeRef(path, relative=True)
     known = ", ".join(f"{s}://" for s in (*OBJECT_STORE_SCHEMES, "pvc", "hf"))
     raise _invalid(f"unknown source scheme {scheme!r} (expected one of: {known}, an absolute path, or org/name)")
