@@ -68,7 +68,11 @@ def build_runtime(
     downloads = JobManager(settings.downloads, source_opener or build_opener(settings.downloads), metrics.downloads)
     root = Path(settings.adapter_root)
     # A Kthena load's `output_dir` may also name a directory under the model root (its manifests use /models/...).
-    write_roots = ((Path(settings.downloads.model_root), "--model-root"),)
+    # AIBrix's delegation mode lands under --aibrix-adapter-dir.
+    write_roots = (
+        (Path(settings.downloads.model_root), "--model-root"),
+        (Path(settings.aibrix_adapter_dir), "--aibrix-adapter-dir"),
+    )
     fetcher = VolumeFetcher(root, downloads.fetch, pvc_root=settings.downloads.pvc_root, write_roots=write_roots)
     reconciler = Reconciler(
         EngineClient(settings.engine_base_url, settings.engine_api_key),

@@ -75,6 +75,11 @@ class Settings:
     adapters_file: str | None = option(None, "YAML or JSON list of LoRA adapters to keep loaded", "--adapters-file")
     adapter_sync_interval: Seconds = option(5.0, "seconds between adapter checks", "--adapter-sync-interval")
     adapter_root: Dir = option("/adapters", "adapters' volume, at the same path in the engine", "--adapter-root")
+    aibrix_adapter_dir: Dir = option(
+        "/tmp/aibrix/adapters",
+        "where AIBrix delegation loads land (AIBrix's own: the emptyDir its webhook mounts in every container)",
+        "--aibrix-adapter-dir",
+    )
     kv_events_endpoint: Zmq | None = option(None, "engine's KV-event publisher (default: off)", "--kv-events-endpoint")
     kv_events_topic: str = option("", "topic to subscribe to (default: all)", "--kv-events-topic")
     kv_events_replay_endpoint: Zmq | None = option(

@@ -79,6 +79,7 @@ async def main(extra: list[str]) -> int:
         sys.executable, "-m", "outrider", "serve",
         "--engine", "vllm", "--host", "127.0.0.1", "--port", str(port), "--pod", "fuzz", "--model", "tiny",
         "--model-root", str(work / "models"), "--adapter-root", str(work / "adapters"),
+        "--aibrix-adapter-dir", str(work / "aibrix-adapters"),
         "--log-level", "error",
         # The engine lifecycle on, launching the stand-in engine, so its routes are fuzzed past the 501 of "off".
         "--engine-launch", f"vllm={sys.executable} {STANDIN}", "--engine-host", "127.0.0.1",

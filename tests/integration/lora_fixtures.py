@@ -64,6 +64,7 @@ def lora_settings(engine: FakeLoraEngine, root: Path, **changes: object) -> Sett
         scrape_timeout=0.3,
         metrics_max_age=1.5,
         adapter_root=str(root),
+        aibrix_adapter_dir=str(root),  # AIBrix delegation loads under the adapter root too, not in /tmp/aibrix
         adapter_sync_interval=INTERVAL,
         downloads=DownloadSettings(pvc_root=str(root)),  # pvc://name: the adapters made under `root`
     )

@@ -114,6 +114,7 @@ class Reconciler:
         *,
         origin: Origin = Origin.API,
         dest: Path | None = None,
+        engine_path: bool = False,
     ) -> Ticket:
         """Declare that adapter `name` should be loaded from `source`. Returns at once; the loop does the work.
 
@@ -127,11 +128,12 @@ class Reconciler:
         target = dest if dest is not None else self.adapter_root / directory_name(name)
         rec = self._adapters.get(name)
         now = time.time()
-        same = rec is not None and rec.desired and (rec.source, rec.config, rec.dest) == (source, config, target)
+        declared = (source, config, target, engine_path)
+        same = rec is not None and rec.desired and (rec.source, rec.config, rec.dest, rec.engine_path) == declared
         if rec is not None and rec.desired and rec.origin == Origin.FILE and origin == Origin.API and not same:
             raise Conflict(f"adapter {name!r} is declared by the adapters file; change it there", field="name")
         if rec is None:
-            rec = Adapter(name, source, config, target, origin, created_at=now, updated_at=now)
+            rec = Adapter(name, source, config, target, origin, created_at=now, updated_at=now, engine_path=engine_path)
             self._adapters[name] = rec
             log.info("adapter %s declared (%s) from %s", name, origin, display_source(source))
             ticket = self._ticket(rec, created=True)
@@ -148,7 +150,7 @@ class Reconciler:
             log.info("adapter %s re-declared from %s", name, display_source(source))
         if rec.fetch_scope is not None:
             rec.fetch_scope.cancel()  # a download of the old source is of no use now
-        rec.source, rec.config, rec.dest = source, config, target
+        rec.source, rec.config, rec.dest, rec.engine_path = source, config, target, engine_path
         rec.desired = True
         rec.generation += 1
         rec.attempts = rec.failures = 0
@@ -234,11 +236,17 @@ class Reconciler:
     # ----- operations for the compatible routes -----------------------------------------------------------------
 
     async def load(
-        self, name: str, source: str, config: Mapping[str, object] | None = None, dest: Path | None = None
+        self,
+        name: str,
+        source: str,
+        config: Mapping[str, object] | None = None,
+        dest: Path | None = None,
+        *,
+        engine_path: bool = False,
     ) -> Adapter:
         """Declare and wait until loaded. If this call created the declaration and the attempt failed, the
         declaration is withdrawn again: the caller was told it failed, so it must not appear later on its own."""
-        ticket = self.declare(name, source, config, dest=dest)
+        ticket = self.declare(name, source, config, dest=dest, engine_path=engine_path)
         try:
             return await self.wait_loaded(ticket)
         except OutriderError:
@@ -380,6 +388,8 @@ class Reconciler:
         rec.attempts += 1
         started = trio.current_time()
         try:
+            if rec.path is None and rec.engine_path:
+                rec.path, rec.downloaded = Path(rec.source), False
             if rec.path is None:
                 self._set_state(rec, State.DOWNLOADING)
                 with trio.CancelScope() as scope:

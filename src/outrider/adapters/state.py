@@ -71,6 +71,9 @@ class Adapter:
     loaded_at: float | None = None
     updated_at: float = 0.0
     fetch_scope: trio.CancelScope | None = None
+    # `source` is a path the engine reads as given (AIBrix's plain load of a path on a volume outrider may not see):
+    # never fetched, checked or deleted by outrider.
+    engine_path: bool = False
 
     def to_json(self, now: float) -> dict[str, Any]:
         error = None

@@ -21,12 +21,15 @@ when the engine unloaded it, 404 when the engine does not have it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import trio
 from pydantic import BaseModel
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response, current_app, jsonify
 
 from outrider.adapters.names import AIBRIX_DELEGATION_NAME, display_source, validate_name
 from outrider.errors import InvalidRequest, OutriderError, SourceAccessDenied, SourceError
@@ -35,7 +38,9 @@ from outrider.http.adapters import reconciler
 from outrider.http.body import bool_field, config_field, json_object, required_string, string_field, workers_field
 from outrider.http.spec import describe
 from outrider.option_types import MAX_DOWNLOAD_WORKERS
+from outrider.runtime import Runtime
 from outrider.sources.options import credentials_config
+from outrider.sources.uri import parse_source
 from outrider.transfer.paths import confine_any_off_loop
 
 log = logging.getLogger(__name__)
@@ -69,8 +74,29 @@ async def aibrix_load() -> Response | tuple[Response, int]:
         return await _delegated_load(_delegated_name(name), body)
     path = string_field(body, "lora_path")
     assert path is not None
-    await reconciler().load(name, path.strip())
+    r = reconciler()
+    pvc_root = _runtime().settings.downloads.pvc_root
+    engine_path = await trio.to_thread.run_sync(_engine_reads, path.strip(), r.adapter_root, pvc_root)
+    await r.load(name, path.strip(), engine_path=engine_path)
     return Response(_loaded_text(name), status=200, content_type="text/plain; charset=utf-8")
+
+
+def _engine_reads(path: str, adapter_root: Path, pvc_root: str | None) -> bool:
+    """Thread: whether AIBrix's plain `lora_path` is a path for the engine alone: absolute, on no volume outrider
+    reads adapters from (the adapter root, --pvc-root). AIBrix hands such a path to the engine as it is, and so
+    does outrider (it copies nothing and deletes nothing there); a path under --pvc-root is copied as before,
+    since the engine does not mount that volume. `..` is refused either way (sources/uri.py)."""
+    if not path.startswith("/"):
+        return False
+    parse_source(path)
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(adapter_root), *([os.path.realpath(pvc_root)] if pvc_root else [])]
+    return not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def _runtime() -> Runtime:
+    runtime: Runtime = current_app.config["RUNTIME"]
+    return runtime
 
 
 def _delegated_name(name: str) -> str:
@@ -85,26 +111,35 @@ def _delegated_name(name: str) -> str:
 
 async def _delegated_load(name: str, body: dict[str, Any]) -> tuple[Response, int]:
     url = required_string(body, "artifact_url").strip()
-    # Checked for their type only: AIBrix writes under a directory of its own whatever `local_dir` says, and
-    # outrider's downloads land under --adapter-root, the volume the engine reads (anywhere else it could not).
+    # Checked for its type only: AIBrix's runtime writes under its own directory whatever `local_dir` says, and so
+    # does outrider (--aibrix-adapter-dir, AIBrix's /tmp/aibrix/adapters: the emptyDir its webhook mounts in every
+    # container, so the engine sees the same path).
     string_field(body, "local_dir", required=False)
     credentials = body.get("credentials")
     with _naming_delegation_fields():
-        config = credentials_config(("credentials", credentials), ("additional_config", body.get("additional_config")))
-    if string_field(body, "credentials_secret", required=False) is not None:
-        if not credentials:
-            # AIBrix reads the files of a secret mounted under /var/run/secrets/aibrix/<name>. A pod's secrets
-            # reach outrider as its env (envFrom), which it reads already; a caller choosing among the pod's
-            # secrets by name would be a second, less visible way to hand the pod's keys to a request.
-            raise InvalidRequest(
-                "credentials_secret is not supported: outrider reads no secret files; pass the keys in "
-                "credentials, or give the pod the store's credentials in its env (e.g. the secret as envFrom: "
-                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...) or a workload identity",
-                field="credentials_secret",
-            )
-        log.info("adapter %s: credentials_secret ignored, credentials given (as AIBrix does)", name)
-    with _naming_delegation_fields():
-        rec = await reconciler().load(name, url, config)
+        config = credentials_config(
+            ("credentials", credentials), ("additional_config", body.get("additional_config")), ignore_unknown=True
+        )
+    secret = string_field(body, "credentials_secret", required=False)
+    if secret is not None:
+        # AIBrix reads the files of a secret mounted under /var/run/secrets/aibrix/<name>, and goes on without
+        # credentials when there is none. outrider reads no secret files: a pod's secrets reach it as its env
+        # (envFrom), which it reads already, and a caller choosing among the pod's secrets by name would be a
+        # second, less visible way to hand the pod's keys to a request. It goes on with the pod's own credentials.
+        log.info("adapter %s: credentials_secret is not read (outrider reads no secret files)", name)
+    dest = Path(_runtime().settings.aibrix_adapter_dir) / name
+    try:
+        with _naming_delegation_fields():
+            rec = await reconciler().load(name, url, config, dest=dest)
+    except SourceAccessDenied as exc:
+        if secret is None or credentials:
+            raise
+        hinted = exc.clone()
+        hinted.message += (
+            "; credentials_secret is not read (outrider reads no secret files): pass the keys in credentials, or "
+            "give the pod the store's credentials in its env (the secret as envFrom) or a workload identity"
+        )
+        raise hinted from None
     answer = {
         "status": "success",
         "message": f"Successfully loaded adapter {name} from {display_source(url)}",

@@ -190,6 +190,8 @@ async def kthena_download_model() -> tuple[Response, int]:
 
 # download_extra_config keys outrider itself acts on; the rest (credentials, endpoint, revision...) go to the store.
 _AIBRIX_OWN_KEYS = ("num_threads", "allow_file_suffix", "force_download")
+# AIBrix's DownloadExtraConfig spells the store's keys `ak` and `sk`.
+_AIBRIX_KEYS = {"ak": "access_key", "sk": "secret_key"}
 
 
 def _aibrix_status(job: Job) -> str:
@@ -206,9 +208,10 @@ async def aibrix_model_download() -> tuple[Response, int]:
     model_name = string_field(body, "model_name", required=False) or model_uri.rstrip("/").rsplit("/", 1)[-1]
     if not model_name or "/" in model_name or "\\" in model_name or model_name in (".", ".."):
         raise InvalidRequest(f"model_name must be one directory name, got {model_name!r}", field="model_name")
-    base = root if local_dir_raw is None else str(await confine_off_loop(root, local_dir_raw, "local_dir"))
-    dest = await confine_off_loop(root, os.path.join(base, model_name), "model_name")
-    config = config_field(body, "download_extra_config") or {}
+    # local_dir is the parent of <model_name>: AIBrix's own requests name DOWNLOADER_LOCAL_DIR, the root itself.
+    base = root if local_dir_raw is None else local_dir_raw
+    dest = await confine_off_loop(root, os.path.join(base, model_name), "local_dir" if local_dir_raw else "model_name")
+    config = {_AIBRIX_KEYS.get(k, k): v for k, v in (config_field(body, "download_extra_config") or {}).items()}
     workers = workers_field(config, "num_threads", MAX_DOWNLOAD_WORKERS)
     suffixes = config.get("allow_file_suffix")
     if suffixes is not None and not isinstance(suffixes, str | list):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,8 @@ from urllib.parse import urlsplit
 from outrider.errors import InvalidRequest
 from outrider.logs import register_secrets
 from outrider.sources.uri import BucketRef, HubRef, SourceRef
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_HF_REVISION = "main"
@@ -68,6 +71,7 @@ CREDENTIAL_KEYS = {
     "TOS_SESSION_KEY": "session_token",
     "ENDPOINT": "endpoint",
     "AWS_ENDPOINT_URL": "endpoint",
+    "aws_endpoint_url": "endpoint",
     "tos_endpoint": "endpoint",
     "AWS_REGION": "region",
     "aws_region": "region",
@@ -225,12 +229,13 @@ def parse_config(config: object, field: str = "config", *, pairs: bool = True) -
     return result
 
 
-def credentials_config(*parts: tuple[str, object]) -> dict[str, str] | None:
+def credentials_config(*parts: tuple[str, object], ignore_unknown: bool = False) -> dict[str, str] | None:
     """AIBrix-shaped `credentials` (and what is merged over them, e.g. a LoRA load's `additional_config`) as a
     download's `config`: `parts` are (field, mapping) pairs, later ones winning key by key, as AIBrix merges them.
 
-    An unknown key is refused naming `field.key`, anything else naming the part's field (a value is never echoed).
-    Returns None when no part holds a key."""
+    An unknown key is refused naming `field.key`, or with `ignore_unknown` dropped (its name logged, never its
+    value: AIBrix's controller forwards every key of a credentials secret and all of `additionalConfig`); anything
+    else is refused naming the part's field (a value is never echoed). Returns None when no part holds a key."""
     merged: dict[str, str] = {}
     for field, credentials in parts:
         if credentials is None or credentials == "":
@@ -240,6 +245,9 @@ def credentials_config(*parts: tuple[str, object]) -> dict[str, str] | None:
         register_secrets(*credentials.values())  # before anything can fail and be logged
         config: dict[str, object] = {}
         for key, value in credentials.items():
+            if ignore_unknown and key not in CREDENTIAL_KEYS and key not in IGNORED_CREDENTIAL_KEYS:
+                log.info("%s: key %r has no meaning for a download; ignored", field, key[:64])
+                continue
             if isinstance(value, str) and len(value) > MAX_OPTION:
                 raise InvalidRequest(f"{field}.{key} is longer than {MAX_OPTION} characters", field=field)
             if key in IGNORED_CREDENTIAL_KEYS:
