@@ -420,3 +420,44 @@ async def test_aibrix_suffix_allow_list_in_extra_config(outrider: Outrider, stor
 
     await wait_until(listed, within=30, what="listed")
     assert everything_under(outrider.root / "only-json") == [RECORD_NAME, "config.json", "sub", "sub/tokenizer.json"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/v1/downloads", {"dest": "theirs", "wait": True}, "dest"),
+        ("/v1/download_model", {"output_dir": "theirs"}, "output_dir"),
+        ("/v1/model/download", {"model_name": "theirs"}, "model_name"),
+    ],
+)
+async def test_a_directory_outrider_did_not_download_into_is_never_written(
+    outrider: Outrider, store: RangeServer, route: str, body: dict[str, Any], field: str
+) -> None:
+    theirs = outrider.root / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"the operator": "model"}')
+    source = {"/v1/model/download": "model_uri"}.get(route, "source")
+
+    refused = await outrider.client.post(route, json={source: store.url, **body})
+
+    assert refused.status_code == 409, refused.text
+    assert (refused.json()["error"]["type"], refused.json()["error"]["field"]) == ("conflict", field)
+    assert everything_under(theirs) == ["config.json"] and store.gets == []
+    assert (theirs / "config.json").read_text() == '{"the operator": "model"}'
+
+
+async def test_outriders_download_of_another_source_is_not_overwritten(outrider: Outrider, store: RangeServer) -> None:
+    first = await outrider.client.post("/v1/downloads", json={"source": store.url, "dest": "llama", "wait": True})
+    assert first.status_code == 200, first.text
+    outrider.mem["mem://other/model"] = MemorySource({"x.json": b"{}"}, display="mem://other/model")
+
+    other = await outrider.client.post("/v1/downloads", json={"source": "mem://other/model", "dest": "llama"})
+
+    assert other.status_code == 409 and other.json()["error"]["field"] == "dest", other.text
+    assert store.url in other.json()["error"]["message"] and not (outrider.root / "llama" / "x.json").exists()
+    # An empty directory, or one holding only an empty lost+found (a fresh volume's root), is no one's.
+    (outrider.root / "fresh" / "lost+found").mkdir(parents=True)
+    fresh = await outrider.client.post(
+        "/v1/downloads", json={"source": "mem://other/model", "dest": "fresh", "wait": True}
+    )
+    assert fresh.status_code == 200, fresh.text

@@ -239,3 +239,28 @@ async def test_the_spec_documents_every_lifecycle_route(
         assert {"200", "501"} <= set(operation["responses"]), path
     body = spec["paths"]["/v1/runtime/models/activate"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["additionalProperties"] is False
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+async def test_an_activation_never_downloads_over_a_model_another_engine_serves_in_place(
+    nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine
+) -> None:
+    o = await _start(nursery, tmp_path, vllm_engine)
+    served = make_artifact(tmp_path / "models" / "x")
+    make_artifact(tmp_path / "volume" / "weights" / "other")
+    first = await o.client.post("/v1/runtime/models/activate", json={"model_name": "a", "artifact_url": str(served)})
+    assert first.status_code == 200, first.text
+    before = _files(served)
+
+    # Model `x` from a store would be fetched into <model-root>/x: the directory engine `a` serves.
+    clash = await o.client.post(
+        "/v1/runtime/models/activate", json={"model_name": "x", "artifact_url": "pvc://weights/other"}
+    )
+
+    assert clash.status_code == 409, clash.text
+    assert (clash.json()["error"]["type"], clash.json()["error"]["field"]) == ("conflict", "model_name")
+    assert _files(served) == before
+    assert (await listed(o.client))["a"]["phase"] == "active"

@@ -105,10 +105,12 @@ async def run_and_cancel_when(
 
 
 def resumable(dest: Path, source: MemorySource, chunk_size: int) -> None:
-    """Leave a complete part file and a manifest saying so: the next run only verifies it (reading it back)."""
+    """Leave what an interrupted run leaves: its record (written before the first byte), a complete part file and
+    a manifest saying so. The next run only verifies it (reading it back)."""
     (remote,) = source.list_files()
     final = dest / remote.path
     dest.mkdir(parents=True)
+    state.save_record(dest, state.Record(source=source.display, revision=source.revision, files={}))
     state.part_path(final).write_bytes(source.files[remote.path])
     state.save_manifest(final, state.Manifest(state.remote_identity(remote), chunk_size, {0}, {0}))
 

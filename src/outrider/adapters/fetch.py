@@ -20,7 +20,7 @@ from typing import Protocol
 
 import trio
 
-from outrider.adapters.names import display_source
+from outrider.adapters.names import directory_name, display_source
 from outrider.errors import InvalidSource, OutriderError, SourceAccessDenied, SourceNotFound
 from outrider.sources.uri import VolumeRef, parse_source
 from outrider.transfer.paths import Root, confine_any
@@ -127,7 +127,15 @@ class VolumeFetcher:
         target = await trio.to_thread.run_sync(
             confine_any, self.write_roots, str(dest), "output_dir", limiter=self._limiter, abandon_on_cancel=True
         )
-        return Fetched(await self.remote(source, config, target), downloaded=True)
+        try:
+            return Fetched(await self.remote(source, config, target), downloaded=True)
+        except OutriderError as exc:
+            if exc.field != "dest":
+                raise
+            # The download engine's `dest` is the adapter's directory: its own name's, or the `output_dir` asked.
+            renamed = exc.clone()
+            renamed.field = "name" if dest == self.root / directory_name(name) else "output_dir"
+            raise renamed from None
 
 
 @dataclasses.dataclass

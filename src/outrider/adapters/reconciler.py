@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
 
-from outrider.adapters.fetch import AdapterFetcher
+from outrider.adapters.fetch import AdapterFetcher, is_volume_source
 from outrider.adapters.names import directory_name, display_source, validate_name
 from outrider.adapters.state import Adapter, Origin, State, Ticket
 from outrider.backoff import Backoff
@@ -44,6 +43,7 @@ from outrider.errors import (
     OutriderError,
 )
 from outrider.metrics.own import OwnMetrics
+from outrider.transfer import ownership
 from outrider.transfer.paths import Root, confine_any
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,10 @@ class Reconciler:
         same = rec is not None and rec.desired and (rec.source, rec.config, rec.dest, rec.engine_path) == declared
         if rec is not None and rec.desired and rec.origin == Origin.FILE and origin == Origin.API and not same:
             raise Conflict(f"adapter {name!r} is declared by the adapters file; change it there", field="name")
+        # A volume source's default directory is not written when the source is used in place (decided later):
+        # only a named destination, or a remote source's, is sure to be.
+        if dest is not None or not is_volume_source(source):
+            self._refuse_shared_directory(name, target, "output_dir" if dest is not None else "name")
         if rec is None:
             rec = Adapter(name, source, config, target, origin, created_at=now, updated_at=now, engine_path=engine_path)
             self._adapters[name] = rec
@@ -150,6 +154,8 @@ class Reconciler:
             log.info("adapter %s re-declared from %s", name, display_source(source))
         if rec.fetch_scope is not None:
             rec.fetch_scope.cancel()  # a download of the old source is of no use now
+        if rec.downloaded and rec.path is not None and (rec.source != source or rec.dest != target):
+            rec.superseded = rec.path
         rec.source, rec.config, rec.dest, rec.engine_path = source, config, target, engine_path
         rec.desired = True
         rec.generation += 1
@@ -160,6 +166,20 @@ class Reconciler:
         self._set_state(rec, State.PENDING)
         self._changed_now(wake=True)
         return self._ticket(rec)
+
+    def _refuse_shared_directory(self, name: str, target: Path, field: str) -> None:
+        """Two adapters never share a directory (nor one inside the other's): unloading one would delete the
+        files the other is loaded from. Conflict (409) naming `field`."""
+        for other in self._adapters.values():
+            if other.name == name:
+                continue
+            writes = other.downloaded or not is_volume_source(other.source)
+            for used in (other.dest if writes else None, other.path):
+                if used is not None and (used == target or used in target.parents or target in used.parents):
+                    raise Conflict(
+                        f"{target} is adapter {other.name!r}'s directory ({used}); adapters do not share one",
+                        field=field,
+                    )
 
     def retract(self, name: str, *, origin: Origin = Origin.API, keep_files: bool = False) -> Ticket:
         """Declare that `name` should no longer be loaded. Raises NotFound if it is not declared.
@@ -392,6 +412,9 @@ class Reconciler:
                 rec.path, rec.downloaded = Path(rec.source), False
             if rec.path is None:
                 self._set_state(rec, State.DOWNLOADING)
+                if rec.superseded is not None:
+                    await self._remove_files(rec.name, rec.superseded)
+                    rec.superseded = None
                 with trio.CancelScope() as scope:
                     rec.fetch_scope = scope
                     fetched = await self.fetcher.fetch(rec.name, rec.source, rec.config, rec.dest)
@@ -501,29 +524,49 @@ class Reconciler:
             lock = self._locks.get(rec.name)
             if lock is not None and not lock.locked():
                 del self._locks[rec.name]
-            if rec.downloaded and not rec.keep_files and rec.path is not None and self._nursery is not None:
-                self._nursery.start_soon(self._delete_download, rec.name, rec.path)
+            if self._nursery is not None and not rec.keep_files:
+                if rec.downloaded and rec.path is not None:
+                    self._nursery.start_soon(self._delete_download, rec.name, rec.path)
+                if rec.superseded is not None:  # replaced, then retracted before the new source was fetched
+                    self._nursery.start_soon(self._delete_download, rec.name, rec.superseded)
         self._changed_now()
 
     async def _delete_download(self, name: str, path: Path) -> None:
-        """Delete the directory outrider downloaded for a forgotten adapter, unless it was declared again meanwhile
-        and uses it. Under the name's lock, so a new fetch into the same directory waits for the delete."""
+        """Delete what outrider downloaded for a forgotten adapter, unless it was declared again meanwhile and uses
+        it. Under the name's lock, so a new fetch into the same directory waits for the delete."""
         async with self._lock(name):
             rec = self._adapters.get(name)
             if rec is not None and rec.path == path:
                 return
-            try:
-                # Confined again, symlinks resolved: a link swapped in since the download must not aim the delete
-                # elsewhere.
-                real = await trio.to_thread.run_sync(confine_any, self.roots, str(path), "output_dir")
-                await trio.to_thread.run_sync(shutil.rmtree, real)
-            except FileNotFoundError:
+            await self._remove_files(name, path)
+
+    async def _remove_files(self, name: str, path: Path) -> None:
+        """Remove the files outrider's record in `path` lists (transfer/ownership.py): never a file it did not
+        write, nor a directory another declared adapter uses."""
+        for other in self._adapters.values():
+            if other.name != name and path in (other.dest, other.path):
+                log.info("adapter %s: keeping %s, which adapter %s uses", name, path, other.name)
                 return
-            except (OSError, OutriderError) as exc:
-                log.warning("adapter %s: could not delete its downloaded files at %s: %s", name, path, exc)
-                self._count_error("cleanup")
-                return
+        try:
+            # Confined again, symlinks resolved: a link swapped in since the download must not aim the delete
+            # elsewhere.
+            real = await trio.to_thread.run_sync(confine_any, self.roots, str(path), "output_dir")
+            removal = await trio.to_thread.run_sync(ownership.remove_download, real)
+        except (OSError, OutriderError) as exc:
+            log.warning("adapter %s: could not delete its downloaded files at %s: %s", name, path, exc)
+            self._count_error("cleanup")
+            return
+        if not removal.recorded:
+            log.info("adapter %s: %s holds no download record of outrider's; nothing deleted", name, path)
+        elif removal.directory_removed:
             log.info("adapter %s: deleted its downloaded files at %s", name, path)
+        else:
+            log.info(
+                "adapter %s: deleted its %d downloaded files at %s; other files keep the directory",
+                name,
+                removal.files,
+                path,
+            )
 
     def _set_state(self, rec: Adapter, state: State) -> None:
         if rec.state != state:

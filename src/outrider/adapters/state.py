@@ -67,6 +67,9 @@ class Adapter:
     path: Path | None = None  # the directory handed to the engine, once fetched
     downloaded: bool = False  # `path` was written by outrider (deleted once no longer declared), not a volume source
     keep_files: bool = False  # retracted with AIBrix's `cleanup_local: false`: what it downloaded stays on disk
+    # What outrider downloaded for the declaration this one replaced (another source, or another directory):
+    # deleted before the new one is fetched, so a new source never lands among the old one's files.
+    superseded: Path | None = None
     loaded_path: str | None = None  # set while the engine holds it because outrider loaded (or adopted) it
     loaded_at: float | None = None
     updated_at: float = 0.0

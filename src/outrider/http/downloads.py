@@ -175,7 +175,9 @@ async def kthena_download_model() -> tuple[Response, int]:
     config = config_field(body, "config")
     workers = workers_field(body, "max_workers", MAX_DOWNLOAD_WORKERS)
     async_download = bool_field(body, "async_download")
-    job = await _manager().submit(DownloadRequest(source=source, dest=output_dir, config=config, workers=workers))
+    job = await _manager().submit(
+        DownloadRequest(source=source, dest=output_dir, config=config, workers=workers, dest_field="output_dir")
+    )
     shape = {"source": job.source, "output_dir": str(output_dir), "job_id": job.id}
     if async_download:
         return jsonify({"status": "started", "message": f"download of {job.source} started", **shape}), 202
@@ -224,6 +226,7 @@ async def aibrix_model_download() -> tuple[Response, int]:
             config=store_config or None,
             workers=workers,
             suffixes=None if suffixes is None else _suffix_tuple(suffixes),
+            dest_field="model_name",
         )
     )
     answer = {

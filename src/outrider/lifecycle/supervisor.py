@@ -723,13 +723,21 @@ class Supervisor:
 
 @contextlib.contextmanager
 def _naming_the_artifact() -> Iterator[None]:
-    """Errors about the source (the download engine's `source`) name the field the activation calls it by."""
+    """Errors name the fields the activation calls them by: the download engine's `source` is `artifact_url`, its
+    `dest` (`<model root>/<model name>`) is `model_name`. Renamed on a clone: the download job keeps its error,
+    and other callers may be handed it."""
     try:
         yield
-    except SourceError as exc:
-        if exc.field in (None, "source"):
-            exc.field = "artifact_url"
-        raise
+    except OutriderError as exc:
+        if isinstance(exc, SourceError) and exc.field in (None, "source"):
+            field = "artifact_url"
+        elif exc.field == "dest":
+            field = "model_name"
+        else:
+            raise
+        renamed = exc.clone()
+        renamed.field = field
+        raise renamed from None
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -18,7 +18,7 @@ import trio
 
 from outrider.errors import InsufficientStorage
 from outrider.sources.base import RemoteFile, Source
-from outrider.transfer import state
+from outrider.transfer import ownership, state
 from outrider.transfer.engine import Transfer, chunk_bounds
 from outrider.transfer.paths import join_under
 from outrider.transfer.plan import Filters, plan
@@ -49,11 +49,13 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def prepare(source: Source, filters: Filters, dest: Path, chunk_size: int) -> Prepared:
-    """List and filter the source, compare with the destination's record, and check free space (blocking)."""
+def prepare(source: Source, filters: Filters, dest: Path, chunk_size: int, *, dest_field: str = "dest") -> Prepared:
+    """List and filter the source, compare with the destination's record, and check free space (blocking).
+    `dest` must be absent, empty or outrider's download of this source (`ownership.claim`); refusals name
+    `dest_field`, the request's name for the destination."""
+    old = ownership.claim(dest, source.display, dest_field)
     files = plan(source, filters)
-    old = state.load_record(dest)
-    if old is None or old.source != source.display:
+    if old is None:
         old = state.Record(source=source.display, revision=source.revision, files={})
     pending = []
     needed = 0
@@ -65,7 +67,7 @@ def prepare(source: Source, filters: Filters, dest: Path, chunk_size: int) -> Pr
     free = _free_bytes(dest)
     if needed > free:
         raise InsufficientStorage(
-            f"the download needs {needed} more bytes under {dest} but only {free} are free", field="dest"
+            f"the download needs {needed} more bytes under {dest} but only {free} are free", field=dest_field
         )
     keep = {f.path for f in files} - {f.path for f in pending}
     record = state.Record(

@@ -14,6 +14,7 @@ waiters: when the last of them is cancelled, the job is cancelled too, rather th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import secrets
@@ -56,6 +57,7 @@ class DownloadRequest:
     workers: int | None = None
     chunk_size: int | None = None
     suffixes: tuple[str, ...] | None = None  # None: the operator's allow-list (--allow-file-suffix)
+    dest_field: str = "dest"  # what the request calls `dest`, for the errors about it
 
 
 # The jobs one `fetch` call waits for (`list` inside JobManager names its method, not the type).
@@ -199,7 +201,12 @@ class JobManager:
                 return joined
             chunk_size = request.chunk_size or self.transfer.options.chunk_size
             prepared = await trio.to_thread.run_sync(
-                download.prepare, source, filters, request.dest, chunk_size, limiter=self._control
+                functools.partial(download.prepare, dest_field=request.dest_field),
+                source,
+                filters,
+                request.dest,
+                chunk_size,
+                limiter=self._control,
             )
         except BaseException:
             with trio.CancelScope(shield=True):
