@@ -44,6 +44,24 @@ def moto_fixture(
     return moto
 
 
+def signed_moto(bucket: str, objects: Mapping[str, bytes]) -> Any:
+    """A module-scoped fixture (assign it to `moto`): moto's S3 server holding `objects` (keys as given) in
+    `bucket`, checking signatures, so an anonymous or wrongly signed request is S3's 403 as on a real store."""
+
+    @pytest.fixture(scope="module")
+    def moto() -> Iterator[MotoServer]:
+        server = MotoServer()
+        server.start()
+        try:
+            server.seed(bucket, dict(objects))
+            server.enforce_auth(True)
+            yield server
+        finally:
+            server.stop()
+
+    return moto
+
+
 def open_bucket(
     source: str, endpoint: str, keys: tuple[str, str], region: str, /, *, max_workers: int = 4, **changes: Any
 ) -> Source:

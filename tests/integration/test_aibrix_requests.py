@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lora_fixtures import assert_downloaded, lora_settings, make_adapter, vllm
+from tests.integration.stores import signed_moto
 from tests.servers.moto import MotoServer
 
-__all__ = ["vllm"]  # fixtures
+__all__ = ["moto", "vllm"]  # fixtures
 
 BUCKET = "my-bucket"
 ADAPTER = {
@@ -35,16 +35,7 @@ MODEL = {"models/llama3/config.json": b'{"model_type": "llama"}', "models/llama3
 API_KEY = "controller-api-key-value-0123"
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
-        server.seed(BUCKET, {**ADAPTER, **MODEL})
-        server.enforce_auth(True)
-        yield server
-    finally:
-        server.stop()
+moto = signed_moto(BUCKET, {**ADAPTER, **MODEL})
 
 
 @dataclasses.dataclass

@@ -7,7 +7,6 @@ Kthena pod's: the model root `<tmp>/models` (Kthena's /models), the adapter root
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lora_fixtures import assert_downloaded, lora_settings, vllm
+from tests.integration.stores import signed_moto
 from tests.servers.moto import MotoServer
 
-__all__ = ["vllm"]  # fixtures
+__all__ = ["moto", "vllm"]  # fixtures
 
 BUCKET = "my-bucket"
 ADAPTER = {
@@ -30,16 +30,7 @@ ADAPTER = {
 MODEL = {"models/tiny/config.json": b'{"model_type": "llama"}', "models/tiny/model.safetensors": b"\1" * 4096}
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
-        server.seed(BUCKET, {**ADAPTER, **MODEL})
-        server.enforce_auth(True)
-        yield server
-    finally:
-        server.stop()
+moto = signed_moto(BUCKET, {**ADAPTER, **MODEL})
 
 
 @pytest.fixture

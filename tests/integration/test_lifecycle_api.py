@@ -134,7 +134,7 @@ async def test_a_bad_activation_is_a_4xx_naming_the_field_and_launches_nothing(
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
-        ("/v1/runtime/models/deactivate", {"model_name": "tiny", "mode": "pause"}, "mode"),
+        ("/v1/runtime/models/deactivate", {"model_name": "tiny", "mode": 7}, "mode"),
         ("/v1/runtime/models/sleep", {"model_name": "tiny", "level": 3, "operation_id": "op"}, "level"),
         ("/v1/runtime/models/sleep", {"model_name": "tiny", "level": 1, "operation_id": ""}, "operation_id"),
         ("/v1/runtime/models/wake", {"model_name": "tiny"}, "operation_id"),

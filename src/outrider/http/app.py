@@ -34,7 +34,7 @@ def create_asgi(runtime: Runtime) -> ASGIApp:
     quart = ShieldedSend(cast(ASGIApp, app))
     hot = HotRoutes(quart, runtime)
     # One route table for the guard and the request metrics: both must see the route the router will serve.
-    routes = RouteTable(app.url_map, hot.paths)
+    routes = RouteTable(app.url_map, hot.spellings)
     guard = Guard(
         hot,
         routes,

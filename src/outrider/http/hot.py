@@ -58,6 +58,10 @@ def _quality(params: list[bytes]) -> float:
     return 1.0
 
 
+# Other spellings of a hot route, to the route (see HotRoutes.spellings).
+ALIASES = {"/metrics/": "/metrics"}
+
+
 class HotRoutes:
     """ASGI wrapper: the four hot routes here, the rest to `app`."""
 
@@ -75,8 +79,16 @@ class HotRoutes:
     def paths(self) -> frozenset[str]:
         return frozenset(self._routes)
 
+    @property
+    def spellings(self) -> dict[str, str]:
+        """Each path served here to the route that serves it: the routes, and `/metrics/`, where AIBrix's runtime
+        serves its page (its `/metrics` redirects there), so a scrape config written for AIBrix keeps working. The
+        guard and the request metrics read this, so `/metrics/` is `/metrics` to them too."""
+        return {**{path: path for path in self._routes}, **ALIASES}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        path: str = scope.get("path") or ""
+        route = self._routes.get(ALIASES.get(path, path)) if scope["type"] == "http" else None
         if route is None:
             await self._app(scope, receive, send)
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,8 @@ _SHOWN_PHASE = {"downloading": "booting"}
 KV_UNKNOWN = -1
 # outrider does not read GPU memory (no NVML): reported as unknown, never as a measured 0.
 HBM_UNKNOWN = -1
+
+log = logging.getLogger(__name__)
 
 View = Callable[[], Awaitable[tuple[Response, int]]]
 BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
@@ -191,6 +194,8 @@ async def activate() -> tuple[Response, int]:
 async def deactivate() -> tuple[Response, int]:
     supervisor = _supervisor()
     body: m.DeactivateRequest = await _body(m.DeactivateRequest)
+    if body.mode != "stop":
+        log.info("deactivate %s: mode %r is taken as stop, as AIBrix takes it", body.model_name, body.mode)
     if await supervisor.deactivate(body.model_name):
         return jsonify({"status": "success"}), 200
     # Success all the same, as AIBrix answers: a controller retrying a deactivation whose answer it lost must not

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -51,14 +51,15 @@ def openapi_template(rule: str) -> str:
 class RouteTable:
     """Maps a request's method and path onto its route template, or `unmatched`."""
 
-    def __init__(self, url_map: Map, fixed: Iterable[str]) -> None:
-        self.fixed = {path: path for path in fixed}
+    def __init__(self, url_map: Map, fixed: Iterable[str] | Mapping[str, str]) -> None:
+        """`fixed`: the hot routes' paths, or each path served there to its route (HotRoutes.spellings)."""
+        self.fixed = dict(fixed) if isinstance(fixed, Mapping) else {path: path for path in fixed}
         self._adapter = url_map.bind("localhost")  # no host matching: the server name is never looked at
         self._labels = {rule.rule: openapi_template(rule.rule) for rule in url_map.iter_rules()}
 
     @property
     def templates(self) -> frozenset[str]:
-        return frozenset(self.fixed) | frozenset(self._labels.values())
+        return frozenset(self.fixed.values()) | frozenset(self._labels.values())
 
     def route(self, method: str, path: str) -> str:
         fixed = self.fixed.get(path)

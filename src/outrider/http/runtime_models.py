@@ -77,7 +77,10 @@ class ActivateRequest(_Strict):
 
 class DeactivateRequest(_Strict):
     model_name: ModelName
-    mode: Literal["stop"] = "stop"
+    # AIBrix's runtime takes any mode and stops (its own unit test sends "pause"): so does outrider.
+    mode: Annotated[str, StringConstraints(max_length=64)] = Field(
+        default="stop", description='Any mode stops the engine, as in AIBrix ("pause" too)', examples=["stop"]
+    )
 
 
 class SleepRequest(_Strict):

@@ -114,7 +114,7 @@ class OutriderOpenAPI(OpenAPIProvider):
     def _guard(self) -> Guard:
         runtime = self._runtime()
         settings = runtime.settings
-        routes = RouteTable(self._app.url_map, HotRoutes(_nothing, runtime).paths)
+        routes = RouteTable(self._app.url_map, HotRoutes(_nothing, runtime).spellings)
         return Guard(
             _nothing, routes, token=settings.api_token, protect_metrics=settings.protect_metrics, max_body_size=1
         )
