@@ -78,7 +78,7 @@ def _activate(outrider: httpx.Client, state: Path, **body: Any) -> tuple[dict[st
     started = time.monotonic()
     answer = outrider.post("/v1/runtime/models/activate", json=body)
     if answer.status_code != 200:
-        output = state / f"{body['model_name']}.failed.log"
+        output = RecordStore(state).failed_output_path(body["model_name"])
         tail = "\n".join(output.read_text().splitlines()[-30:]) if output.exists() else "(no output kept)"
         raise AssertionError(f"{answer.text}\nthe engine's last lines:\n{tail}")
     while not _models(outrider)[body["model_name"]]["ready"]:
@@ -99,7 +99,7 @@ def _complete(port: int, model: str) -> httpx.Response:
 
 
 def _engine_pgid(state: Path, model: str) -> int:
-    pid = json.loads((state / f"{model}.json").read_text())["pid"]
+    pid = json.loads(RecordStore(state).path(model).read_text())["pid"]
     assert isinstance(pid, int)
     return pid
 
@@ -178,8 +178,8 @@ def test_activate_from_s3_then_a_killed_engine_is_reported(
             answer, took = _activate(outrider, state, model_name="tiny-s3", artifact_url="s3://models/tiny")
             print(f"\nactivation from S3 (moto: fetch, verify, launch, /health): {took:.1f}s")
             assert _complete(answer["port"], "tiny-s3").status_code == 200
-            log = (state / "tiny-s3.log").read_text()
-            assert s3.reader[1] not in log and s3.reader[1] not in (state / "tiny-s3.json").read_text()
+            log = RecordStore(state).output_path("tiny-s3").read_text()
+            assert s3.reader[1] not in log and s3.reader[1] not in RecordStore(state).path("tiny-s3").read_text()
 
             pgid = _engine_pgid(state, "tiny-s3")
             os.kill(pgid, signal.SIGKILL)  # the API server; its engine core is left in the group

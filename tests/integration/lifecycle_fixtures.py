@@ -18,6 +18,7 @@ from outrider.lifecycle import process
 from outrider.lifecycle.arguments import engine_environment
 from outrider.lifecycle.config import parse_launch
 from outrider.lifecycle.options import LifecycleSettings
+from outrider.lifecycle.records import RecordStore
 from outrider.settings import Settings
 from outrider.transfer.settings import DownloadSettings
 from tests.integration.conftest import settings_for, wait_until
@@ -56,6 +57,7 @@ def make_artifact(directory: Path, behaviour: dict[str, Any] | None = None) -> P
 
 
 def lifecycle_settings(tmp_path: Path, **changes: Any) -> LifecycleSettings:
+    (tmp_path / "shm").mkdir(exist_ok=True)  # the pod's /dev/shm, where kvcached segments live
     base = LifecycleSettings(
         commands=parse_launch(f"vllm={sys.executable} {STANDIN}"),
         state_dir=tmp_path / "state",
@@ -79,7 +81,7 @@ def outrider_settings(tmp_path: Path, engine_url: str, **changes: Any) -> Settin
 
 def standin_line(state_dir: Path, model: str) -> dict[str, Any]:
     """What the stand-in reported about itself at start (its `STANDIN {...}` line, from its output file)."""
-    for line in (state_dir / f"{model}.log").read_text().splitlines():
+    for line in RecordStore(state_dir).output_path(model).read_text().splitlines():
         if line.startswith("STANDIN "):
             found: dict[str, Any] = json.loads(line[len("STANDIN ") :])
             return found

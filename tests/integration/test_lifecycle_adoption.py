@@ -20,6 +20,7 @@ import trio
 from outrider.lifecycle import process
 from outrider.lifecycle.config import parse_launch
 from outrider.lifecycle.options import LifecycleSettings
+from outrider.lifecycle.phases import Phase
 from outrider.lifecycle.records import EngineRecord, RecordStore
 from tests.fakes.engine import FakeEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
@@ -132,7 +133,7 @@ async def test_an_engine_outrider_may_no_longer_run_is_stopped(
 
     await wait_phase(second.client, "tiny", None)
     assert group_gone(record.pid)
-    assert not (lifecycle.state_dir / "tiny.json").exists()
+    assert not RecordStore(lifecycle.state_dir).path("tiny").exists()
 
 
 async def test_a_reused_pid_is_never_signalled(nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine) -> None:
@@ -146,7 +147,7 @@ async def test_a_reused_pid_is_never_signalled(nursery: trio.Nursery, tmp_path: 
         assert ident is not None
         store = RecordStore(lifecycle.state_dir)
         store.prepare()
-        record = EngineRecord("tiny", "vllm", "/models/tiny", lifecycle.ports[0], "kvc_tiny", phase="active")
+        record = EngineRecord("tiny", "vllm", "/models/tiny", lifecycle.ports[0], "kvc_tiny", phase=Phase.ACTIVE)
         record.set_identity(dataclasses.replace(ident, start_ticks=ident.start_ticks - 1))
         store.save(record)
 
@@ -168,11 +169,11 @@ async def test_a_record_of_an_activation_that_never_launched_is_dropped(
     lifecycle = lifecycle_settings(tmp_path)
     store = RecordStore(lifecycle.state_dir)
     store.prepare()
-    store.save(EngineRecord("half", "vllm", "s3://b/half", lifecycle.ports[0], "kvc_half", phase="downloading"))
+    store.save(EngineRecord("half", "vllm", "s3://b/half", lifecycle.ports[0], "kvc_half", phase=Phase.DOWNLOADING))
     (lifecycle.state_dir / "junk.json").write_text("{not json")
 
     second = await _outrider(nursery, tmp_path, vllm_engine, lifecycle)
 
     assert await listed(second.client) == {}
-    assert not (lifecycle.state_dir / "half.json").exists()
+    assert not RecordStore(lifecycle.state_dir).path("half").exists()
     assert (lifecycle.state_dir / "junk.json").exists()  # unreadable: left for a person to look at

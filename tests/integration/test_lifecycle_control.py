@@ -11,6 +11,7 @@ import httpx
 import trio
 
 from outrider.lifecycle.options import LifecycleSettings
+from outrider.lifecycle.records import RecordStore
 from tests.fakes.engine import FakeEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lifecycle_fixtures import (
@@ -81,7 +82,7 @@ async def test_sleep_state_survives_in_the_record(
     o, lifecycle, _ = await _serving(nursery, tmp_path, vllm_engine, dev_routes=True)
     assert (await _op(o, "sleep", level=1, operation_id="op-1")).status_code == 200
 
-    record = (lifecycle.state_dir / "tiny.json").read_text()
+    record = RecordStore(lifecycle.state_dir).path("tiny").read_text()
 
     assert '"phase": "sleeping"' in record and '"op-1"' in record
 
@@ -128,7 +129,6 @@ async def test_kv_limit_writes_the_kvcached_segment_once_per_operation(
     nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine
 ) -> None:
     o, lifecycle, _ = await _serving(nursery, tmp_path, vllm_engine)
-    lifecycle.shm_dir.mkdir()
     segment = lifecycle.shm_dir / "kvc_tiny"  # what kvcached in the engine would have made
     segment.write_bytes(struct.pack("<3q", 8 << 30, 1 << 30, 1 << 20))
 

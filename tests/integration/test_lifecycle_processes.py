@@ -16,6 +16,7 @@ import trio
 
 from outrider.lifecycle import process
 from outrider.lifecycle.options import LifecycleSettings
+from outrider.lifecycle.records import RecordStore
 from tests.fakes.engine import FakeEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lifecycle_fixtures import (
@@ -72,7 +73,7 @@ async def test_activate_in_place_serves_and_deactivate_leaves_no_process(
     assert gone.status_code == 200 and gone.json() == {"status": "success"}
     assert group_gone(pgid), "a process of the engine's group outlived the deactivation"
     assert await listed(o.client) == {}
-    assert not (lifecycle.state_dir / "tiny.json").exists()
+    assert not RecordStore(lifecycle.state_dir).path("tiny").exists()
     assert artifact.is_dir()  # used in place: never the supervisor's to delete
 
 
@@ -124,9 +125,10 @@ async def test_activate_from_s3_with_the_requests_credentials(
             built / "model.safetensors"
         ).read_bytes()
         assert secret not in caplog.text
-        assert secret not in (lifecycle.state_dir / "tiny-s3.json").read_text()
+        assert secret not in RecordStore(lifecycle.state_dir).path("tiny-s3").read_text()
         env = standin_line(lifecycle.state_dir, "tiny-s3")["env"]
-        assert not [name for name in env if name.startswith(("AWS_", "OUTRIDER_"))]
+        # None of outrider's settings or credentials; only the launch id that finds the engine again.
+        assert [name for name in env if name.startswith(("AWS_", "OUTRIDER_"))] == [process.LAUNCH_ID_VAR]
     finally:
         await trio.to_thread.run_sync(server.stop)
 
@@ -241,9 +243,10 @@ async def test_an_exit_during_start_fails_the_activation_and_leaves_nothing(
     assert body["error"]["type"] == "engine_failed" and "exited with code 7" in body["message"]
     assert await listed(o.client) == {}
     # Nothing left but the engine's output, kept for a person to read.
-    assert [p.name for p in lifecycle.state_dir.iterdir()] == ["bad.failed.log"]
-    assert "STANDIN " in (lifecycle.state_dir / "bad.failed.log").read_text()
-    assert str(lifecycle.state_dir / "bad.failed.log") in body["message"]
+    failed = RecordStore(lifecycle.state_dir).failed_output_path("bad")
+    assert [p.name for p in failed.parent.iterdir()] == ["failed.log"]
+    assert "STANDIN " in failed.read_text()
+    assert str(failed) in body["message"]
     await wait_metric(o.client, 'outrider_engine_activations_total{result="failed"} 1.0')
 
 
@@ -292,7 +295,7 @@ async def test_concurrent_activations_of_one_model_share_one_engine(
 
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].json() == answers[1].json()
-    assert (lifecycle.state_dir / "tiny.log").read_text().count("STANDIN ") == 1
+    assert RecordStore(lifecycle.state_dir).output_path("tiny").read_text().count("STANDIN ") == 1
 
 
 async def test_shutdown_stops_every_engine(tmp_path: Path, vllm_engine: FakeEngine) -> None:

@@ -142,18 +142,39 @@ def test_a_record_that_is_not_right_is_ignored(tmp_path: Path, change: dict[str,
 
 
 def test_kvcached_segments_are_read_and_limited_under_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert kvcache.read_segment(tmp_path, "kvc_a") is None
-    assert kvcache.write_limit(tmp_path, "kvc_a", 1) is False
-    (tmp_path / "kvc_a").write_bytes(struct.pack("<3q", 100, 20, 5) + b"rest")
-    assert kvcache.write_limit(tmp_path, "kvc_a", 64) is True
-    assert kvcache.read_segment(tmp_path, "kvc_a") == (64, 20, 5)
+    claim = kvcache.create(tmp_path, "kvc_a")
+    assert claim is not None
+    assert kvcache.read_segment(tmp_path, "kvc_a", claim) is None  # created, not set up by kvcached yet
+    assert kvcache.write_limit(tmp_path, "kvc_a", claim, 1) is False
+    with open(tmp_path / "kvc_a", "r+b") as segment:  # kvcached opens the existing file and writes its figures
+        segment.write(struct.pack("<3q", 100, 20, 5) + b"rest")
+    assert kvcache.write_limit(tmp_path, "kvc_a", claim, 64) is True
+    assert kvcache.read_segment(tmp_path, "kvc_a", claim) == (64, 20, 5)
     assert (tmp_path / "kvc_a").read_bytes()[24:] == b"rest"
     monkeypatch.setattr(kvcache, "LOCK_TIMEOUT", 0.05)
     with open(tmp_path / "kvc_a", "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # the engine, rewriting its struct
         with pytest.raises(TimeoutError):
-            kvcache.write_limit(tmp_path, "kvc_a", 1)
-    assert kvcache.read_segment(tmp_path, "kvc_a") == (64, 20, 5)
+            kvcache.write_limit(tmp_path, "kvc_a", claim, 1)
+    assert kvcache.read_segment(tmp_path, "kvc_a", claim) == (64, 20, 5)
+
+
+def test_a_segment_outrider_did_not_create_is_never_read_or_written(tmp_path: Path) -> None:
+    foreign = tmp_path / "other"
+    foreign.write_bytes(struct.pack("<3q", 7, 8, 9))
+    with pytest.raises(kvcache.SegmentTaken):
+        kvcache.create(tmp_path, "other")
+    claim = kvcache.create(tmp_path, "kvc_b")
+    assert claim is not None
+    # The name swapped for another file (or a link to one) after the claim: not the engine's segment any more.
+    (tmp_path / "kvc_b").unlink()
+    (tmp_path / "kvc_b").symlink_to(foreign)
+    assert kvcache.read_segment(tmp_path, "kvc_b", claim) is None
+    assert kvcache.write_limit(tmp_path, "kvc_b", claim, 0) is False
+    kvcache.remove(tmp_path, "kvc_b", claim)
+    assert struct.unpack("<3q", foreign.read_bytes()) == (7, 8, 9) and (tmp_path / "kvc_b").is_symlink()
+    assert kvcache.read_segment(tmp_path, "other", None) is None  # no claim: nothing is read
+    assert kvcache.create(tmp_path / "absent", "kvc_c") is None  # no shm directory: no segment, no claim
 
 
 def test_engine_output_is_logged_line_by_line_with_the_model(

@@ -37,6 +37,7 @@ from outrider.http import runtime_models as m
 from outrider.http.body import json_object
 from outrider.http.models import NAME_PATTERN
 from outrider.http.spec import describe
+from outrider.lifecycle.phases import shown
 from outrider.lifecycle.records import EngineRecord
 from outrider.lifecycle.supervisor import Activation, Observation, OperationResult, Supervisor
 from outrider.runtime import Runtime
@@ -52,8 +53,6 @@ _FAILURES: dict[int | str, type[BaseModel]] = {
     status: m.RuntimeFailure for status in (400, 403, 404, 409, 500, 501, 502, 503, 507)
 }
 _READ_FAILURES: dict[int | str, type[BaseModel]] = {501: m.RuntimeFailure}
-# A model still downloading its artifact is "booting" to AIBrix's controller, as AIBrix's own runtime reports it.
-_SHOWN_PHASE = {"downloading": "booting"}
 # KV figures AIBrix reports when a model has no kvcached segment: 0 in the model list, -1 (unknown) in the snapshot.
 KV_UNKNOWN = -1
 # outrider does not read GPU memory (no NVML): reported as unknown, never as a measured 0.
@@ -75,7 +74,7 @@ def _supervisor() -> Supervisor:
 
 
 def _phase(record: EngineRecord) -> str:
-    return _SHOWN_PHASE.get(record.phase, record.phase)
+    return shown(record.phase)
 
 
 def _route(
@@ -154,7 +153,7 @@ async def _operate(
             "model_name": result.model_name,
             "operation_id": result.operation_id,
             "applied": result.applied,
-            "phase": _SHOWN_PHASE.get(result.phase, result.phase),
+            "phase": shown(result.phase),
         }
     ), 200
 

@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 # last member of a group exited", and a tenth of a second is nothing beside an engine's own shutdown.
 GROUP_POLL = 0.1
 # How long a group may take to disappear after SIGKILL (the kernel tears down large address spaces in a second or
-# two); a group still there after this is reported rather than waited on forever.
-KILL_WAIT = 30.0
+# two, a GPU driver releasing device memory a few more); a group still there after this is reported rather than
+# waited on forever. With the stop grace it bounds a stop, and so outrider's shutdown (see stops.py).
+KILL_WAIT = 10.0
+# The variable every process of an engine carries (inherited by its workers): the record's launch id, by which a
+# restarted outrider finds an engine whose pid it never recorded.
+LAUNCH_ID_VAR = "OUTRIDER_LAUNCH_ID"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -95,6 +99,30 @@ def group_members(pgid: int) -> list[int]:
         if fields is not None and len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
+
+
+def carrying(launch_id: str) -> list[int]:
+    """Live processes whose environment holds LAUNCH_ID_VAR=launch_id (only outrider's user's are readable, which
+    are the only ones outrider launches). Blocking: it reads /proc."""
+    wanted = f"{LAUNCH_ID_VAR}={launch_id}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(entry.path, "environ").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0"):
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def group_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[2]) if fields is not None and len(fields) > 2 else None
 
 
 async def spawn(argv: Sequence[str], env: Mapping[str, str], output: Path, cwd: Path) -> trio.Process:

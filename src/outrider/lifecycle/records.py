@@ -1,9 +1,15 @@
 """Each engine on disk, so that an outrider that restarts finds its engines again instead of orphaning them.
 
-One JSON file per engine, `<state dir>/<model name>.json`, replaced atomically on every change of phase (a crash
-leaves the old record or the new one, never half of one). The record is written before the engine is launched and
-again once its pid is known, so no engine runs without a record naming it. A record holds no credential: the
-artifact is recorded as displayed (no user:password), and the engine's API key is outrider's own setting.
+One directory per engine, `<state dir>/engines/<model name>/`, holding its record (`record.json`, replaced
+atomically on every change: a crash leaves the old record or the new one, never half of one), its output
+(`output.log`) and the output of its last failed activation (`failed.log`). Model names hold no '/' and never start
+with '.', so one model's files can never be another's. The record is written with a fresh launch id before the
+engine is launched, and the engine's processes carry that id in their environment (see launch.py), so no engine
+runs without a record that finds it, pid or not. A record holds no credential: the artifact is recorded as
+displayed (no user:password), and the engine's API key is outrider's own setting.
+
+Records of the earlier layout (`<state dir>/<model>.json` beside `<model>.log`) are still read, and moved into the
+new layout as they are: an engine still running keeps writing to its moved output file (same inode).
 """
 
 from __future__ import annotations
@@ -17,21 +23,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from outrider.lifecycle.phases import RECORDED, Phase, check
 from outrider.lifecycle.process import Identity
 from outrider.transfer.state import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-PHASES = ("downloading", "booting", "active", "sleeping", "stopping", "failed")
 # Completed operation ids kept per action for idempotency, as AIBrix keeps them: a controller retries an
 # operation within seconds, never 128 operations later.
 OPERATIONS_KEPT = 128
 # The record format; a record of another version is ignored (and reported), not misread.
 VERSION = 1
-# Engines' output files live beside their records; the output of the last activation of a model that failed is
-# kept under another name, for a person to read (it was in outrider's log too, line by line).
-OUTPUT_SUFFIX = ".log"
-FAILED_SUFFIX = ".failed.log"
+# The per-engine files; the output of the last activation of a model that failed is kept under another name, for a
+# person to read (it was in outrider's log too, line by line).
+ENGINES_DIR = "engines"
+RECORD_FILE = "record.json"
+OUTPUT_FILE = "output.log"
+FAILED_FILE = "failed.log"
 
 
 @dataclasses.dataclass
@@ -43,8 +51,14 @@ class EngineRecord:
     artifact_url: str  # as displayed: never with credentials
     port: int
     ipc_name: str
-    phase: str = "downloading"
+    phase: Phase = Phase.DOWNLOADING
     model_path: str | None = None
+    # Written before the launch; the engine's processes carry it as OUTRIDER_LAUNCH_ID (found again without a pid).
+    launch_id: str | None = None
+    # The engine flags the engine was launched with (argv tokens, as checked): a re-activation must ask the same.
+    flags: list[str] | None = None
+    # The kvcached segment outrider created for this engine: (st_dev, st_ino), never another file of that name.
+    ipc_claim: list[int] | None = None
     claim_ref: dict[str, str] | None = None
     pid: int | None = None
     start_ticks: int | None = None
@@ -56,6 +70,9 @@ class EngineRecord:
     # action ("sleep", "wake", "kv-limit") -> [[operation id, phase it left the engine in], ...], oldest first
     operations: dict[str, list[list[str]]] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.phase = Phase(self.phase)  # a record built with the phase's text gets the phase itself
+
     @property
     def identity(self) -> Identity | None:
         if self.pid is None or self.start_ticks is None or self.boot_id is None:
@@ -65,8 +82,9 @@ class EngineRecord:
     def set_identity(self, ident: Identity) -> None:
         self.pid, self.start_ticks, self.boot_id = ident.pid, ident.start_ticks, ident.boot_id
 
-    def transition(self, phase: str, error: str | None = None) -> None:
-        assert phase in PHASES, phase
+    def transition(self, phase: Phase, error: str | None = None) -> None:
+        """Move to `phase`; raises phases.IllegalTransition for a move the state machine does not allow."""
+        check(self.model_name, self.phase, phase)
         self.phase = phase
         self.last_error = error
         self.last_transition = time.time()
@@ -90,6 +108,8 @@ def _from_json(data: dict[str, Any]) -> EngineRecord:
         raise ValueError(f"unknown record version {data.get('version')!r}")
     fields = {f.name: f for f in dataclasses.fields(EngineRecord)}
     values = {k: v for k, v in data.items() if k in fields}
+    if values.get("phase") not in RECORDED:
+        raise ValueError(f"invalid phase {values.get('phase')!r}")
     record = EngineRecord(**values)
     checks: list[tuple[str, bool]] = [
         ("model_name", isinstance(record.model_name, str) and bool(record.model_name)),
@@ -97,7 +117,11 @@ def _from_json(data: dict[str, Any]) -> EngineRecord:
         ("artifact_url", isinstance(record.artifact_url, str)),
         ("port", isinstance(record.port, int) and 0 < record.port < 65536),
         ("ipc_name", isinstance(record.ipc_name, str)),
-        ("phase", record.phase in PHASES),
+        ("phase", isinstance(record.phase, Phase) and record.phase in RECORDED),
+        ("launch_id", record.launch_id is None or (isinstance(record.launch_id, str) and bool(record.launch_id))),
+        ("flags", record.flags is None or (isinstance(record.flags, list) and all(isinstance(f, str) for f in record.flags))),
+        ("ipc_claim", record.ipc_claim is None or (isinstance(record.ipc_claim, list) and len(record.ipc_claim) == 2
+                                                  and all(isinstance(n, int) for n in record.ipc_claim))),
         ("pid", record.pid is None or (isinstance(record.pid, int) and record.pid > 1)),
         ("start_ticks", record.start_ticks is None or isinstance(record.start_ticks, int)),
         ("boot_id", record.boot_id is None or isinstance(record.boot_id, str)),
@@ -110,49 +134,86 @@ def _from_json(data: dict[str, Any]) -> EngineRecord:
 
 
 class RecordStore:
-    """The records in one directory (created on first use, readable by outrider's user only). Blocking: call the
-    methods from a thread."""
+    """The records under one directory (created on first use, readable by outrider's user only). Blocking: call
+    the methods from a thread."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.engines = directory / ENGINES_DIR
 
     def prepare(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.engines.mkdir(exist_ok=True, mode=0o700)
+
+    def engine_dir(self, model_name: str) -> Path:
+        return self.engines / model_name
 
     def path(self, model_name: str) -> Path:
-        return self.directory / f"{model_name}.json"
+        return self.engine_dir(model_name) / RECORD_FILE
 
     def output_path(self, model_name: str) -> Path:
-        return self.directory / f"{model_name}{OUTPUT_SUFFIX}"
-
-    def save(self, record: EngineRecord) -> None:
-        write_json_atomic(self.path(record.model_name), record.to_json())
+        return self.engine_dir(model_name) / OUTPUT_FILE
 
     def failed_output_path(self, model_name: str) -> Path:
-        return self.directory / f"{model_name}{FAILED_SUFFIX}"
+        return self.engine_dir(model_name) / FAILED_FILE
+
+    def save(self, record: EngineRecord) -> None:
+        self.engine_dir(record.model_name).mkdir(exist_ok=True, mode=0o700)
+        write_json_atomic(self.path(record.model_name), record.to_json())
 
     def remove(self, model_name: str, *, keep_output: bool = False) -> None:
-        """Forget an engine; `keep_output` keeps its output as `<model>.failed.log` (replacing an older one)."""
+        """Forget an engine; `keep_output` keeps its output as its `failed.log` (replacing an older one). The
+        directory goes too when nothing is left in it."""
         if keep_output:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(self.output_path(model_name), self.failed_output_path(model_name))
         for path in (self.path(model_name), self.output_path(model_name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        with contextlib.suppress(OSError):  # not empty (a failed.log kept), or already gone
+            self.engine_dir(model_name).rmdir()
 
     def load_all(self) -> list[EngineRecord]:
-        """Every readable record; an unreadable or invalid one is reported and left in place for a person to see."""
+        """Every readable record, those of the earlier layout moved into this one first; an unreadable or invalid
+        one is reported and left in place for a person to see."""
+        self._move_old_records()
         records = []
-        for path in sorted(self.directory.glob("*.json")):
-            try:
-                data = json.loads(path.read_bytes())
-                if not isinstance(data, dict):
-                    raise ValueError("not a JSON object")
-                record = _from_json(data)
-                if path.name != f"{record.model_name}.json":
-                    raise ValueError("the file name does not match its model_name")
-            except (OSError, ValueError, TypeError) as exc:
-                log.warning("ignoring engine record %s: %s", path, exc)
+        for path in sorted(self.engines.glob(f"*/{RECORD_FILE}")):
+            record = _read(path)
+            if record is None:
+                continue
+            if path.parent.name != record.model_name:
+                log.warning("ignoring engine record %s: its directory does not match its model_name", path)
                 continue
             records.append(record)
         return records
+
+    def _move_old_records(self) -> None:
+        """`<model>.json` and `<model>.log` of the earlier layout -> `engines/<model>/`. Only a readable record is
+        moved (with its own output file); a record already in the new layout wins over an old one."""
+        for path in sorted(self.directory.glob("*.json")):
+            record = _read(path)
+            if record is None or path.name != f"{record.model_name}.json":
+                if record is not None:
+                    log.warning("ignoring engine record %s: the file name does not match its model_name", path)
+                continue
+            if self.path(record.model_name).exists():
+                log.warning("ignoring engine record %s: %s has a record of the current layout", path, record.model_name)
+                continue
+            self.engine_dir(record.model_name).mkdir(parents=True, exist_ok=True, mode=0o700)
+            old_output = self.directory / f"{record.model_name}.log"
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(old_output, self.output_path(record.model_name))
+            os.replace(path, self.path(record.model_name))
+            log.info("moved the engine record of %s into %s", record.model_name, self.engine_dir(record.model_name))
+
+
+def _read(path: Path) -> EngineRecord | None:
+    try:
+        data = json.loads(path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return _from_json(data)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring engine record %s: %s", path, exc)
+        return None
