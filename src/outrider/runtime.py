@@ -11,6 +11,7 @@ from outrider.metrics.own import OwnMetrics
 from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
 from outrider.settings import Settings
+from outrider.target import TargetKeeper
 from outrider.transfer.jobs import JobManager
 
 
@@ -20,8 +21,13 @@ class Runtime:
     metrics: OwnMetrics
     scraper: Scraper
     page: ServedPage
-    model: str | None = None  # the engine's served model name, from --model or asked of the engine
+    target: TargetKeeper  # the engine outrider talks to now: read it, never write it (outrider/target.py)
     adapters: Reconciler | None = None  # the declared LoRA set and the loop that keeps the engine on it
     adapters_file: AdaptersFileWatcher | None = None
     downloads: JobManager | None = None  # model download jobs; started by the supervisor
     engines: Supervisor | None = None  # engine processes outrider launches (None: the lifecycle is off)
+
+    @property
+    def model(self) -> str | None:
+        """The engine target's served model name (from --model, the launched engine's name, or asked of it)."""
+        return self.target.current.model

@@ -2,7 +2,8 @@
 
 Start-up order is explicit (`nursery.start`): the scraper is ready before the server accepts connections.
 Shutdown: SIGTERM or SIGINT sets one event; hypercorn stops accepting, gives in-flight requests
-`settings.shutdown_grace` seconds, then the nursery cancels every loop. The whole takes well under 2 s.
+`settings.shutdown_grace` seconds, then the nursery cancels every loop. Without launched engines the whole takes
+well under 2 s; stopping launched engines adds at most --engine-stop-grace + 12 s (lifecycle/stops.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import signal
 import sys
 from pathlib import Path
 
-import httpx
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
@@ -23,7 +23,7 @@ from outrider.adapters.fetch import SharedFetches, VolumeFetcher
 from outrider.adapters.file import AdaptersFileWatcher
 from outrider.adapters.reconciler import Reconciler
 from outrider.engines import get_engine_spec
-from outrider.engines.client import EngineClient, auth_headers, served_base_model
+from outrider.engines.client import EngineClient, auth_headers
 from outrider.http.app import create_asgi
 from outrider.lifecycle.options import LifecycleSettings
 from outrider.lifecycle.records import EngineRecord
@@ -36,6 +36,7 @@ from outrider.metrics.scraper import Scraper
 from outrider.metrics.standardize import Rewriter
 from outrider.runtime import Runtime
 from outrider.settings import Settings
+from outrider.target import EngineTarget, TargetKeeper
 from outrider.transfer.jobs import JobManager
 from outrider.transfer.opener import SourceOpener, build_opener
 
@@ -50,6 +51,7 @@ def build_runtime(
     and so are the artifacts of the engines outrider launches (`lifecycle`, default `settings.lifecycle`)."""
     spec = get_engine_spec(settings.engine)
     metrics = OwnMetrics(settings.engine)
+    target = TargetKeeper(settings)
     gie = "gie" in settings.metrics_profiles
     rewriter = Rewriter(
         spec.metric_sources,
@@ -64,6 +66,7 @@ def build_runtime(
         rewriter=rewriter,
         metrics=metrics,
         headers=auth_headers(settings.engine_api_key),
+        follow=target.metrics_url,
     )
     downloads = JobManager(settings.downloads, source_opener or build_opener(settings.downloads), metrics.downloads)
     root = Path(settings.adapter_root)
@@ -75,7 +78,7 @@ def build_runtime(
     )
     fetcher = VolumeFetcher(root, downloads.fetch, pvc_root=settings.downloads.pvc_root, write_roots=write_roots)
     reconciler = Reconciler(
-        EngineClient(settings.engine_base_url, settings.engine_api_key),
+        EngineClient(target.base_url, settings.engine_api_key),
         spec.lora,
         SharedFetches(fetcher),
         adapter_root=root,
@@ -95,7 +98,7 @@ def build_runtime(
         metrics=metrics,
         scraper=scraper,
         page=ServedPage(scraper, metrics, lora=lora_info),
-        model=settings.model,
+        target=target,
         downloads=downloads,
         adapters=reconciler,
         adapters_file=watcher,
@@ -108,23 +111,27 @@ def build_runtime(
             model_root=settings.downloads.model_root,
             api_key=api_key,
             metrics=metrics.engines,
-            on_change=functools.partial(_follow_engine, runtime, lifecycle),
+            on_change=functools.partial(_follow_engine, runtime),
         )
     return runtime
 
 
-def _follow_engine(runtime: Runtime, lifecycle: LifecycleSettings, record: EngineRecord | None) -> None:
-    """Point the metrics scrape (and so /ready) and the served model name at the engine outrider launched last, or
-    back at the configured engine when none is left."""
-    settings = runtime.settings
+def _follow_engine(runtime: Runtime, record: EngineRecord | None) -> None:
+    """The supervisor's newest engine on its way or serving (None: none left) becomes the engine target's wish;
+    the target's own task applies it (outrider/target.py)."""
     if record is None:
-        runtime.scraper.url = settings.engine_metrics_url
-        runtime.model = settings.model
-    else:
-        assert runtime.engines is not None
-        runtime.scraper.url = runtime.engines.api.url(record.port, settings.engine_metrics_path)
-        runtime.model = record.model_name
-    log.info("engine metrics are scraped from %s", runtime.scraper.url)
+        runtime.target.follow(None)
+        return
+    assert runtime.engines is not None
+    api = runtime.engines.api
+    runtime.target.follow(
+        EngineTarget(
+            api.url(record.port, ""),
+            api.url(record.port, runtime.settings.engine_metrics_path),
+            record.model_name,
+            launched=record.model_name,
+        )
+    )
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -154,6 +161,7 @@ async def serve(
     runtime = build_runtime(settings, source_opener, lifecycle)
     app = create_asgi(runtime)
     async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.target.run)  # first: every other loop reads the engine target
         await nursery.start(runtime.scraper.run)
         assert runtime.downloads is not None and runtime.adapters is not None
         await nursery.start(runtime.downloads.run)
@@ -170,8 +178,6 @@ async def serve(
                 settings, runtime.metrics.registry, lambda: runtime.model, auth_headers(settings.engine_api_key)
             )
             await nursery.start(indexer.run)
-        if runtime.model is None:
-            nursery.start_soon(_discover_model, runtime)
         binds: list[str] = await nursery.start(
             functools.partial(_serve_http, app, hypercorn_config(settings), shutdown, nursery.cancel_scope)
         )
@@ -205,22 +211,6 @@ async def _close_engine_client_at_exit(engine: EngineClient) -> None:
     finally:
         with trio.CancelScope(shield=True):
             await engine.aclose()
-
-
-async def _discover_model(runtime: Runtime) -> None:
-    """Ask the engine for its served model name until it answers (only when --model was not given)."""
-    settings = runtime.settings
-    delay = settings.scrape_interval
-    async with httpx.AsyncClient(timeout=settings.scrape_timeout, headers=auth_headers(settings.engine_api_key)) as c:
-        while runtime.model is None:
-            try:
-                runtime.model = await served_base_model(c, settings.engine_base_url)
-            except (httpx.HTTPError, ValueError) as exc:
-                log.debug("model discovery: %s", exc)
-            if runtime.model is None:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-    log.info("engine serves model %r", runtime.model)
 
 
 async def _main(settings: Settings, source_opener: SourceOpener | None = None) -> None:

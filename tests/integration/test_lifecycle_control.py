@@ -178,18 +178,37 @@ async def test_engine_metrics_count_processes_activations_and_their_duration(
     await wait_metric(o.client, 'outrider_engine_processes{phase="active"} 0.0')
 
 
-async def test_the_scrape_and_ready_follow_the_launched_engine(
+async def test_every_consumer_follows_one_engine_target_and_the_model_is_rediscovered(
     nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine
 ) -> None:
-    o, _, port = await _serving(nursery, tmp_path, vllm_engine)
+    # No --model: the configured engine's model is asked of it, and asked again when the target comes back to it.
+    o = await start_outrider(
+        nursery, outrider_settings(tmp_path, vllm_engine.base_url, model=None), lifecycle=lifecycle_settings(tmp_path)
+    )
 
-    assert o.runtime.scraper.url == f"http://127.0.0.1:{port}/metrics"
-
-    async def ready_for_tiny() -> bool:
+    async def ready_for(model: str) -> bool:
         answer = await o.client.get("/ready")
-        return answer.status_code == 200 and answer.json()["model"] == "tiny"
+        return answer.status_code == 200 and answer.json()["model"] == model
 
-    await wait_until(ready_for_tiny, 5, "/ready to follow the launched engine")
+    await wait_until(lambda: ready_for(vllm_engine.model), 5, "/ready to name the configured engine's model")
+    make_artifact(tmp_path / "models" / "launched")
+    answer = await o.client.post(
+        "/v1/runtime/models/activate",
+        json={"model_name": "launched", "artifact_url": str(tmp_path / "models" / "launched")},
+    )
+    assert answer.status_code == 200, answer.text
+    launched = f"http://127.0.0.1:{answer.json()['port']}"
+
+    await wait_until(lambda: ready_for("launched"), 5, "/ready to follow the launched engine")
+    assert o.runtime.scraper.current_url() == f"{launched}/metrics"
+    assert o.runtime.adapters is not None and o.runtime.adapters.engine.base_url == launched  # the LoRA reconciler
+    relayed = await o.client.get("/v1/models")  # AIBrix's relay of the engine's list, through the same client
+    assert [m["id"] for m in relayed.json()["data"]] == ["launched"]
     assert "vllm:num_requests_running" in (await o.client.get("/metrics")).text
-    assert (await o.client.post("/v1/runtime/models/deactivate", json={"model_name": "tiny"})).status_code == 200
-    assert o.runtime.scraper.url == f"{vllm_engine.base_url}/metrics"  # back to the configured engine
+
+    assert (await o.client.post("/v1/runtime/models/deactivate", json={"model_name": "launched"})).status_code == 200
+    await wait_until(lambda: ready_for(vllm_engine.model), 5, "the model to be asked of the configured engine again")
+    assert o.runtime.scraper.current_url() == f"{vllm_engine.base_url}/metrics"
+    assert o.runtime.adapters.engine.base_url == vllm_engine.base_url
+    relayed = await o.client.get("/v1/models")
+    assert [m["id"] for m in relayed.json()["data"]] == [vllm_engine.model]

@@ -24,6 +24,7 @@ from outrider.lifecycle.arguments import (
     sanitize_ipc_name,
 )
 from outrider.lifecycle.config import LaunchCommand, parse_port_range
+from outrider.lifecycle.phases import IllegalTransition, Phase, allowed
 from outrider.lifecycle.records import OPERATIONS_KEPT, EngineRecord, RecordStore
 
 
@@ -227,3 +228,21 @@ def test_a_process_is_known_by_pid_and_start_time() -> None:
     reused = process.Identity(me.pid, me.start_ticks + 1, me.boot_id)  # another process under the same pid
     assert not process.is_running(reused) and not process.group_is_ours(reused)
     assert not process.is_running(process.Identity(me.pid, me.start_ticks, "another-boot"))
+
+
+def test_an_impossible_transition_raises_and_changes_nothing() -> None:
+    record = EngineRecord("m", "vllm", "/models/m", 20000, "kvc_m")
+    for impossible in (Phase.ACTIVE, Phase.BOOTING, Phase.SLEEPING, Phase.FAILED, Phase.GONE):
+        with pytest.raises(IllegalTransition):
+            record.transition(impossible)  # nothing launched yet
+    assert record.phase is Phase.DOWNLOADING
+    for phase in (Phase.LAUNCHING, Phase.BOOTING, Phase.ACTIVE, Phase.SLEEPING, Phase.ACTIVE, Phase.FAILED):
+        record.transition(phase)
+    with pytest.raises(IllegalTransition):
+        record.transition(Phase.ACTIVE)  # a failed engine is not revived: it is deactivated
+    record.transition(Phase.STOPPING)
+    for impossible in (Phase.ACTIVE, Phase.SLEEPING, Phase.FAILED, Phase.BOOTING):
+        with pytest.raises(IllegalTransition):
+            record.transition(impossible)  # a stop in flight is never undone by a late sleep, wake or exit
+    record.transition(Phase.GONE)
+    assert [p for p in Phase if allowed(Phase.GONE, p)] == []

@@ -8,6 +8,7 @@ engine URL, so a caller can tell "the engine is down" from "the engine said no" 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -49,9 +50,18 @@ class EngineAdapter:
 class EngineClient:
     """An httpx client bound to one engine's base URL and API key. Close it with `aclose`."""
 
-    def __init__(self, base_url: str, api_key: SecretStr | None) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str | Callable[[], str], api_key: SecretStr | None) -> None:
+        # A callable is the engine target's base URL (outrider.target), read at every call.
+        if callable(base_url):
+            self._base_url = base_url
+        else:
+            fixed = base_url.rstrip("/")
+            self._base_url = lambda: fixed
         self._http = httpx.AsyncClient(headers=auth_headers(api_key), timeout=ADMIN_TIMEOUT)
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url().rstrip("/")
 
     async def aclose(self) -> None:
         await self._http.aclose()

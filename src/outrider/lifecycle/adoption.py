@@ -1,12 +1,12 @@
 """Taking engines over from an earlier outrider, from their records: keep, stop, or report each one.
 
-  failed                       listed as failed (it exited before), until deactivated
-  downloading                  nothing was launched: the record is dropped
-  launching, no pid            the earlier outrider died during the launch: the launch id finds the engine's
-                               processes; their session leader is adopted (booting), leftovers are stopped
-  pid recorded, not running    failed ("stopped while outrider was not running"); a stopping one is finished
-  running                      adopted; or stopped when it may no longer run (its command left --engine-launch,
-                               its port left the range) or was being stopped
+failed                       listed as failed (it exited before), until deactivated
+downloading                  nothing was launched: the record is dropped
+launching, no pid            the earlier outrider died during the launch: the launch id finds the engine's
+                             processes; their session leader is adopted (booting), leftovers are stopped
+pid recorded, not running    failed ("stopped while outrider was not running"); a stopping one is finished
+running                      adopted; or stopped when it may no longer run (its command left --engine-launch,
+                             its port left the range) or was being stopped
 """
 
 from __future__ import annotations
@@ -106,4 +106,3 @@ async def _size(path: Path) -> int:
             return 0
 
     return await trio.to_thread.run_sync(size)
-

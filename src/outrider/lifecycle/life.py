@@ -179,7 +179,9 @@ async def forget(sh: Shared, engine: Engine) -> None:
     if engine.watching:
         await engine.output_done.wait()  # before its file is moved away
     record = engine.record
-    await trio.to_thread.run_sync(kvcache.remove, sh.settings.shm_dir, record.ipc_name, kvcache.claim_of(record.ipc_claim))
+    await trio.to_thread.run_sync(
+        kvcache.remove, sh.settings.shm_dir, record.ipc_name, kvcache.claim_of(record.ipc_claim)
+    )
     try:
         await trio.to_thread.run_sync(lambda: sh.store.remove(record.model_name, keep_output=engine.keep_output))
     except OSError as exc:
@@ -188,4 +190,3 @@ async def forget(sh: Shared, engine: Engine) -> None:
     if sh.engines.get(record.model_name) is engine:
         del sh.engines[record.model_name]
     sh.changed()
-

@@ -119,9 +119,19 @@ def _from_json(data: dict[str, Any]) -> EngineRecord:
         ("ipc_name", isinstance(record.ipc_name, str)),
         ("phase", isinstance(record.phase, Phase) and record.phase in RECORDED),
         ("launch_id", record.launch_id is None or (isinstance(record.launch_id, str) and bool(record.launch_id))),
-        ("flags", record.flags is None or (isinstance(record.flags, list) and all(isinstance(f, str) for f in record.flags))),
-        ("ipc_claim", record.ipc_claim is None or (isinstance(record.ipc_claim, list) and len(record.ipc_claim) == 2
-                                                  and all(isinstance(n, int) for n in record.ipc_claim))),
+        (
+            "flags",
+            record.flags is None or (isinstance(record.flags, list) and all(isinstance(f, str) for f in record.flags)),
+        ),
+        (
+            "ipc_claim",
+            record.ipc_claim is None
+            or (
+                isinstance(record.ipc_claim, list)
+                and len(record.ipc_claim) == 2
+                and all(isinstance(n, int) for n in record.ipc_claim)
+            ),
+        ),
         ("pid", record.pid is None or (isinstance(record.pid, int) and record.pid > 1)),
         ("start_ticks", record.start_ticks is None or isinstance(record.start_ticks, int)),
         ("boot_id", record.boot_id is None or isinstance(record.boot_id, str)),

@@ -38,7 +38,8 @@ async def _groups(engine: Engine) -> list[int]:
         # An adopted engine: its group is signalled only while it is recognisably the engine's (see
         # process.group_is_ours), never a group that a reused pid now leads.
         ours = await trio.to_thread.run_sync(process.group_is_ours, ident)
-        if ours and await trio.to_thread.run_sync(process.group_members, ident.pid):
+        members: list[int] = await trio.to_thread.run_sync(process.group_members, ident.pid) if ours else []
+        if members:
             return [ident.pid]
     if record.launch_id is None:
         return []
@@ -52,7 +53,7 @@ async def stop_processes(sh: Shared, engine: Engine) -> bool:
     """Stop what is left of the engine; True once nothing is left (or nothing ever ran)."""
     ok = True
     for pgid in await _groups(engine):
-        await sh.step("stop.signalled", engine)
+        await sh.step("stop.signalling", engine)
         ok = await process.stop_group(pgid, sh.settings.stop_grace) and ok
     if engine.process is not None and ok:
         engine.exit_code = await engine.process.wait()  # reaped: its group is gone

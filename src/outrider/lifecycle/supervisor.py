@@ -173,6 +173,11 @@ class Supervisor:
         left = [e.name for e in engines if not e.done.is_set()]
         log.error("shutdown: %s not stopped within %gs; their records are kept", ", ".join(left), bound)
 
+    def on_step(self, hook: StepHook) -> None:
+        """Run `hook` at each step of the launch and stop paths (engine.StepHook): the tests' way to put a
+        deactivation, a shutdown or a crash at one exact step."""
+        self._sh.step = hook
+
     # -- queries (read-only: copies) -------------------------------------------------------------------------
 
     def records(self) -> list[EngineRecord]:
@@ -313,9 +318,7 @@ class Supervisor:
         if request.ipc_name:
             name = arguments.sanitize_ipc_name(request.ipc_name)
             if name in held:
-                raise Conflict(
-                    f"ipc_name {name!r} is the kvcached segment of model {held[name]!r}", field="ipc_name"
-                )
+                raise Conflict(f"ipc_name {name!r} is the kvcached segment of model {held[name]!r}", field="ipc_name")
             return name
         name = arguments.sanitize_ipc_name(f"kvc_{request.model_name}")
         if name in held:

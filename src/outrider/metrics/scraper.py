@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 
 import httpx
 import trio
@@ -52,8 +53,17 @@ class Scraper:
     rewriter: dataclasses.InitVar[Rewriter]
     metrics: dataclasses.InitVar[OwnMetrics]
     headers: dataclasses.InitVar[dict[str, str] | None] = None
+    # Where the engine's metrics are now (outrider.target), read at every scrape; `url` when not given.
+    follow: dataclasses.InitVar[Callable[[], str] | None] = None
 
-    def __post_init__(self, rewriter: Rewriter, metrics: OwnMetrics, headers: dict[str, str] | None) -> None:
+    def __post_init__(
+        self,
+        rewriter: Rewriter,
+        metrics: OwnMetrics,
+        headers: dict[str, str] | None,
+        follow: Callable[[], str] | None,
+    ) -> None:
+        self._follow = follow
         self._rewriter = rewriter
         self._metrics = metrics
         self._headers = {"Accept": ACCEPT, **(headers or {})}
@@ -62,6 +72,10 @@ class Scraper:
         self._last_logged: tuple[str, float] | None = None
 
     # -- reading state (request path: cheap, no I/O) --
+
+    def current_url(self) -> str:
+        """The URL scraped now: the engine target's metrics URL, or `url`."""
+        return self._follow() if self._follow is not None else self.url
 
     def age(self) -> float:
         """Seconds since the served page was fetched; infinite before the first good scrape."""
@@ -77,11 +91,11 @@ class Scraper:
     def not_ready_reason(self) -> str | None:
         """Why the engine should not receive traffic, or None when it is fine."""
         if self.last_error is not None and self.last_error.reason == "connect":
-            return f"engine unreachable at {self.url}: {self.last_error}"
+            return f"engine unreachable at {self.current_url()}: {self.last_error}"
         if self.snapshot is None:
             if self.last_error is not None:
-                return f"no engine metrics yet from {self.url}: {self.last_error}"
-            return f"no engine metrics yet from {self.url}"
+                return f"no engine metrics yet from {self.current_url()}: {self.last_error}"
+            return f"no engine metrics yet from {self.current_url()}"
         age = self.age()
         if age > self.max_age:
             why = f"; last scrape: {self.last_error}" if self.last_error else ""
@@ -123,7 +137,7 @@ class Scraper:
         else:
             self.snapshot = Snapshot(rewritten.text.encode(), trio.current_time(), rewritten.max_lora)
             if self.last_error is not None:
-                log.info("engine metrics at %s are back", self.url)
+                log.info("engine metrics at %s are back", self.current_url())
             self.last_error = None
             self._last_logged = None
             metrics.engine_up.set(1)
@@ -132,7 +146,7 @@ class Scraper:
 
     async def _fetch(self, client: httpx.AsyncClient) -> str:
         try:
-            async with client.stream("GET", self.url) as response:
+            async with client.stream("GET", self.current_url()) as response:
                 if response.status_code != 200:
                     raise ScrapeFailed("http_status", f"engine answered HTTP {response.status_code}")
                 chunks: list[bytes] = []
@@ -171,7 +185,7 @@ class Scraper:
             or now - self._last_logged[1] > FAILURE_LOG_INTERVAL
         ):
             level = logging.WARNING if unexpected is None else logging.ERROR
-            log.log(level, "scrape of %s failed (%s): %s", self.url, exc.reason, exc, exc_info=unexpected)
+            log.log(level, "scrape of %s failed (%s): %s", self.current_url(), exc.reason, exc, exc_info=unexpected)
             self._last_logged = (key, now)
 
 
