@@ -10,11 +10,14 @@ import os
 import signal
 import struct
 from pathlib import Path
+from typing import cast
 
 import pytest
+import trio
+import trio.testing
 
 from outrider.errors import InvalidRequest
-from outrider.lifecycle import kvcache, output, process
+from outrider.lifecycle import kvcache, output, process, stops
 from outrider.lifecycle.api import loopback, parse_activity
 from outrider.lifecycle.arguments import (
     command_line,
@@ -24,8 +27,12 @@ from outrider.lifecycle.arguments import (
     sanitize_ipc_name,
 )
 from outrider.lifecycle.config import LaunchCommand, parse_port_range
+from outrider.lifecycle.engine import Engine
+from outrider.lifecycle.options import LifecycleSettings
 from outrider.lifecycle.phases import IllegalTransition, Phase, allowed
 from outrider.lifecycle.records import OPERATIONS_KEPT, EngineRecord, RecordStore
+from outrider.lifecycle.supervisor import Supervisor
+from outrider.transfer.jobs import JobManager
 
 
 def test_allowed_flags_are_typed_and_normalized() -> None:
@@ -246,3 +253,25 @@ def test_an_impossible_transition_raises_and_changes_nothing() -> None:
             record.transition(impossible)  # a stop in flight is never undone by a late sleep, wake or exit
     record.transition(Phase.GONE)
     assert [p for p in Phase if allowed(Phase.GONE, p)] == []
+
+
+async def test_the_shutdown_waits_for_every_stop_under_one_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    settings = LifecycleSettings(stop_grace=3.0)
+    supervisor = Supervisor(settings, cast(JobManager, None), model_root="/models")
+    quick, stuck = (Engine(EngineRecord(name, "vllm", "/m", 20000 + i, f"kvc_{name}")) for i, name in enumerate("qs"))
+    for engine in (quick, stuck):
+        supervisor._sh.engines[engine.name] = engine
+
+    async def a_stop_that_ends() -> None:
+        await quick.stop_wanted.wait()
+        await trio.sleep(1.0)
+        quick.done.set()
+
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a_stop_that_ends)
+        await supervisor._shutdown()  # `stuck` never ends: a group that outlives SIGKILL
+    await supervisor.api.aclose()
+
+    assert quick.stop_wanted.is_set() and stuck.stop_wanted.is_set()  # every engine is asked at once
+    assert trio.current_time() - began == pytest.approx(3.0 + process.KILL_WAIT + stops.SHUTDOWN_MARGIN)
