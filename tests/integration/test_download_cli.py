@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from outrider.transfer.lock import LOCK_NAME
+from outrider.transfer.state import RECORD_NAME
 from tests.conftest import REPO
 from tests.fakes.http_store import RangeServer
 
@@ -126,7 +128,7 @@ def test_filters_and_workers_flags(store: RangeServer, tmp_path: Path) -> None:
     flags = ["--include", "*.json", "--exclude", "sub/*", "--workers", "3", "--chunk-size", "256KiB"]
     code, err = run(store.url, str(tmp_path / "j"), *flags)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == [".outrider-download.json", "config.json"]
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == [RECORD_NAME, LOCK_NAME, "config.json"]
     assert store.gets_of(BIG) == []
 
 

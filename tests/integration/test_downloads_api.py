@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from outrider.errors import InvalidSource
 from outrider.service import serve
 from outrider.sources.base import Checksum, Source
+from outrider.transfer.lock import LOCK_NAME
 from outrider.transfer.settings import DownloadSettings
 from outrider.transfer.state import RECORD_NAME
 from tests.fakes.engine import FakeEngine
@@ -265,7 +266,7 @@ async def test_filters_select_files_and_an_empty_selection_names_the_filter(
     body = {"source": store.url, "dest": "json-only", "include": ["*.json"], "exclude": ["sub/*"], "wait": True}
     response = await outrider.client.post("/v1/downloads", json=body)
     assert response.status_code == 200
-    assert everything_under(outrider.root / "json-only") == [RECORD_NAME, "config.json"]
+    assert everything_under(outrider.root / "json-only") == [RECORD_NAME, LOCK_NAME, "config.json"]
     empty = await outrider.client.post("/v1/downloads", json={**body, "dest": "none", "include": ["*.gguf"]})
     assert empty.status_code == 400 and empty.json()["error"]["field"] == "include"
     assert "*.gguf" in empty.json()["error"]["message"]
@@ -281,7 +282,7 @@ async def test_checksum_mismatch_fails_the_job_and_publishes_nothing(outrider: O
     assert response.status_code == 502
     answer = response.json()
     assert answer["error"]["type"] == "verification_failed" and answer["job"]["state"] == "failed"
-    assert everything_under(outrider.root / "bad") == [RECORD_NAME]
+    assert everything_under(outrider.root / "bad") == [RECORD_NAME, LOCK_NAME]
     page = (await outrider.client.get("/metrics")).text
     assert sample(page, "outrider_download_failures_total", reason="verification_failed") == 1
 
@@ -419,7 +420,13 @@ async def test_aibrix_suffix_allow_list_in_extra_config(outrider: Outrider, stor
         return any(c["model_name"] == "only-json" and c["model_status"] == "downloaded" for c in data)
 
     await wait_until(listed, within=30, what="listed")
-    assert everything_under(outrider.root / "only-json") == [RECORD_NAME, "config.json", "sub", "sub/tokenizer.json"]
+    assert everything_under(outrider.root / "only-json") == [
+        RECORD_NAME,
+        LOCK_NAME,
+        "config.json",
+        "sub",
+        "sub/tokenizer.json",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from outrider.sources.base import RemoteFile, Source
 from outrider.transfer import engine, state
 from outrider.transfer.engine import TransferOptions
 from outrider.transfer.jobs import DownloadRequest, JobManager
+from outrider.transfer.lock import LOCK_NAME
 from outrider.transfer.settings import DownloadSettings
 from tests.fakes.sources import MemorySource
 
@@ -142,7 +143,7 @@ async def test_a_fetch_job_runs_while_a_waiter_remains_and_is_cancelled_with_the
             await threads_ended(manager)
             # Its worker stopped at the first piece it was given: nothing written, nothing left under dest.
             assert store.reads_cut_short >= 1 and job.progress.fetched == 0
-            assert sorted(p.name for p in dest.rglob("*") if p.is_file()) == [state.RECORD_NAME]
+            assert sorted(p.name for p in dest.rglob("*") if p.is_file()) == [state.RECORD_NAME, LOCK_NAME]
             nursery.cancel_scope.cancel()
         finally:
             store.gate.set()  # inside: a failed assertion must not leave the nursery waiting on it

@@ -30,6 +30,7 @@ from outrider.sources.base import PIECE_SIZE, Checksum
 from outrider.sources.s3 import parts_checksum
 from outrider.transfer import download, state
 from outrider.transfer.engine import Transfer, TransferOptions
+from outrider.transfer.lock import LOCK_NAME
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
 from tests.integration.stores import moto_fixture, open_bucket
@@ -155,7 +156,7 @@ async def test_downloads_verify_against_the_checksums_s3_keeps(moto: MotoServer,
         assert (tmp_path / "good" / name).read_bytes() == data
     with pytest.raises(VerificationFailed, match="crc32 mismatch"):
         await fetch_s3(moto, f"s3://{SUMS}/bad", tmp_path / "bad")
-    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == [state.RECORD_NAME]
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == [state.RECORD_NAME, LOCK_NAME]
 
 
 async def test_a_multipart_etag_is_verified_with_parts_hashed_by_the_chunks_writers(

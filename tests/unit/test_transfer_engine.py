@@ -20,6 +20,7 @@ from outrider.sources.base import Checksum
 from outrider.transfer import download, engine, state, writeback
 from outrider.transfer.checksums import SUPPORTED
 from outrider.transfer.engine import Transfer, TransferOptions
+from outrider.transfer.lock import LOCK_NAME
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
 from tests.fakes.sources import MemorySource
@@ -61,11 +62,11 @@ def assert_tree(dest: Path, files: dict[str, bytes]) -> None:
 
 
 def final_names(dest: Path) -> set[str]:
-    """Files under their final names (part files and manifests excluded)."""
+    """Files under their final names (part files, manifests and the destination's lock excluded)."""
     return {
         str(p.relative_to(dest))
         for p in dest.rglob("*")
-        if p.is_file() and not p.name.endswith((".part", ".part.json"))
+        if p.is_file() and not p.name.endswith((".part", ".part.json")) and p.name != LOCK_NAME
     }
 
 
@@ -525,3 +526,46 @@ async def test_resumed_chunks_are_hashed_once_from_the_part_file_not_trusted(
     await fetch(source, tmp_path / "m", options)
     assert read_back == [(0, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 3 * CHUNK)]  # each resumed chunk once
     assert_tree(tmp_path / "m", {"big.bin": data})
+
+
+async def test_a_chunk_is_resumed_from_where_its_writing_stopped(tmp_path: Path) -> None:
+    """A process taking over a killed one's part file reads only the bytes the manifest does not vouch for."""
+    data = os.urandom(4 * CHUNK)
+    source = MemorySource({"big.bin": data}, piece_size=PIECE)
+    (remote,) = source.list_files()
+    final = tmp_path / "m" / "big.bin"
+    final.parent.mkdir(parents=True)
+    half = CHUNK + CHUNK // 2
+    state.part_path(final).write_bytes(data[:half] + b"\0" * (len(data) - half))  # as the killed writer left it
+    state.save_manifest(final, state.Manifest(state.remote_identity(remote), CHUNK, {0}, set(), {1: half}))
+    state.save_record(final.parent, state.Record(source.display, None, {}))  # written before any part file
+    await fetch(source, tmp_path / "m", TransferOptions(workers=1, chunk_size=CHUNK))
+    assert sorted(start for _, start, _ in source.reads) == [half, 2 * CHUNK, 3 * CHUNK]
+    assert_tree(tmp_path / "m", {"big.bin": data})  # and the resumed bytes were hashed with the rest
+
+
+async def test_a_part_file_replaced_under_its_name_is_never_written_or_published(tmp_path: Path) -> None:
+    data = os.urandom(4 * CHUNK)
+    gate = threading.Event()
+    source = MemorySource({"big.bin": data}, piece_size=PIECE)
+    source.block_after = (2 * CHUNK, gate)
+    options = TransferOptions(workers=1, chunk_size=CHUNK, manifest_interval=0.01)
+    part = tmp_path / "m" / "big.bin.part"
+    errors: list[Exception] = []
+
+    async def download_it() -> None:
+        try:
+            await fetch(source, tmp_path / "m", options)
+        except engine.LocalIOError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download_it)
+        await manifest_on_disk(tmp_path / "m" / "big.bin.part.json", "done", 2)
+        impostor = tmp_path / "impostor"
+        impostor.write_bytes(b"\0" * len(data))  # what a writer outside the lock might leave
+        os.replace(impostor, part)
+        gate.set()
+    assert len(errors) == 1 and isinstance(errors[0], engine.PartFileReplaced)
+    assert not (tmp_path / "m" / "big.bin").exists()
+    assert part.read_bytes() == b"\0" * len(data)  # not written into either

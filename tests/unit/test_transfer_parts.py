@@ -132,15 +132,16 @@ def test_a_new_checksum_for_the_same_version_keeps_published_and_partial_files(t
     final = tmp_path / "w.bin"
     final.write_bytes(b"x" * 10)
     old = RemoteFile("w.bin", 10, Checksum("md5", "ab" * 16), "etag-1")
-    record = state.Record("s3://b/m", None, {"w.bin": state.remote_identity(old)})
+    record = state.Record("s3://b/m", None, {"w.bin": state.published_entry(old, os.stat(final))})
     offered = RemoteFile("w.bin", 10, Checksum("crc32", "0a0b0c0d"), "etag-1")
-    assert record.is_current(tmp_path, offered, final)
-    assert not record.is_current(tmp_path, RemoteFile("w.bin", 10, offered.checksum, "etag-2"), final)
-    assert not record.is_current(tmp_path, RemoteFile("w.bin", 11, offered.checksum, "etag-1"), final)
+    assert record.is_current(offered, final)
+    assert not record.is_current(RemoteFile("w.bin", 10, offered.checksum, "etag-2"), final)
+    assert not record.is_current(RemoteFile("w.bin", 11, offered.checksum, "etag-1"), final)
     # Without a version, the checksum is all that tells two contents apart.
-    unversioned = state.Record("x", None, {"w.bin": state.remote_identity(dataclasses.replace(old, version=None))})
-    assert not unversioned.is_current(tmp_path, dataclasses.replace(offered, version=None), final)
-    assert unversioned.is_current(tmp_path, dataclasses.replace(old, version=None), final)
+    unversioned_entry = state.published_entry(dataclasses.replace(old, version=None), os.stat(final))
+    unversioned = state.Record("x", None, {"w.bin": unversioned_entry})
+    assert not unversioned.is_current(dataclasses.replace(offered, version=None), final)
+    assert unversioned.is_current(dataclasses.replace(old, version=None), final)
 
     part = tmp_path / "p.bin"
     state.part_path(part).write_bytes(b"\0" * 10)
@@ -274,3 +275,60 @@ def test_bad_download_settings_are_one_line(env: dict[str, str], needle: str) ->
 def test_sizes() -> None:
     assert size("16MiB") == size("16m") == size("16777216") == 16 * 1024 * 1024
     assert size("512KiB") == 512 * 1024
+
+
+def test_a_manifest_of_another_chunk_size_is_translated_not_discarded(tmp_path: Path) -> None:
+    size = 10 * 1024
+    remote = RemoteFile("w.bin", size, None, "etag-1")
+    final = tmp_path / "w.bin"
+    state.part_path(final).write_bytes(b"\0" * size)
+    # Chunks of 1 KiB: 0-3 done, 4 written up to byte 4700, 7 done.
+    written = state.Manifest(state.remote_identity(remote), 1024, {0, 1, 2, 3, 7}, {0, 1}, {4: 4700})
+    state.save_manifest(final, written)
+    # In chunks of 2 KiB: [0, 4 KiB) is two whole chunks, [4 KiB, 6 KiB) half written, [6, 8) not from its start.
+    resumed = state.load_manifest(final, remote, 2048)
+    assert resumed is not None and resumed.chunk_size == 2048
+    assert resumed.done == {0, 1} and resumed.partial == {2: 4700} and resumed.durable == {0}
+    # In chunks of 512 B: every written byte still counts.
+    finer = state.load_manifest(final, remote, 512)
+    assert finer is not None
+    assert finer.done == set(range(9)) | {14, 15} and finer.partial == {9: 4700} and finer.durable == {0, 1, 2, 3}
+
+
+def test_partial_chunks_are_kept_within_their_chunk_and_dropped_after_a_reboot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = RemoteFile("w.bin", 4096, None, "etag-1")
+    final = tmp_path / "w.bin"
+    state.part_path(final).write_bytes(b"\0" * 4096)
+    manifest = state.Manifest(state.remote_identity(remote), 1024, {0}, set(), {1: 1500, 2: 4000, 3: 3072})
+    state.save_manifest(final, manifest, durable=False)
+    loaded = state.load_manifest(final, remote, 1024)
+    assert loaded is not None and loaded.partial == {1: 1500}  # 4000 lies outside chunk 2; 3072 is no progress
+    monkeypatch.setattr(state, "boot_id", lambda: "another-boot")
+    rebooted = state.load_manifest(final, remote, 1024)
+    assert rebooted is not None and rebooted.done == set() and rebooted.partial == {}
+
+
+@pytest.mark.parametrize("change", ["rewritten in place", "replaced", "truncated"])
+def test_a_record_is_trusted_only_while_the_file_is_the_one_published(tmp_path: Path, change: str) -> None:
+    final = tmp_path / "w.bin"
+    final.write_bytes(b"x" * 10)
+    remote = RemoteFile("w.bin", 10, None, "etag-1")
+    record = state.Record("s3://b/m", None, {"w.bin": state.published_entry(remote, os.stat(final))})
+    assert record.is_current(remote, final)
+    before = os.stat(final)
+    if change == "rewritten in place":
+        with open(final, "r+b") as f:
+            f.write(b"\0" * 10)
+        os.utime(final, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))  # a clock of coarse granularity
+    elif change == "replaced":
+        other = tmp_path / "other"
+        other.write_bytes(b"\0" * 10)
+        os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime, another inode
+        os.replace(other, final)
+    else:
+        os.truncate(final, 5)
+    assert not record.is_current(remote, final)
+    legacy = state.Record("s3://b/m", None, {"w.bin": state.remote_identity(remote)})  # no `local`: re-fetched
+    assert not legacy.is_current(remote, final)

@@ -123,6 +123,11 @@ class Job(BaseModel):
     bytes_fetched: int
     rate_bytes_per_second: float
     eta_seconds: float | None
+    waiting_for: str | None = Field(
+        default=None,
+        description="Another process (pid and host) writing the same destination, which this job waits for",
+        examples=["pid 41 on model-7d9f-abcde"],
+    )
     files: list[JobFile]
     error: ErrorDetail | None
     created_at: str

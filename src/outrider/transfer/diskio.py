@@ -11,7 +11,6 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 _local = threading.local()
 
@@ -26,12 +25,14 @@ def buffer(size: int) -> memoryview:
     return memoryview(buffers[size])
 
 
-def read_back(path: Path, start: int, end: int, piece: int, check: Callable[[], None]) -> Iterator[memoryview]:
-    """Yield bytes [start, end) of the file in order, at most `piece` at a time, as views of this thread's buffer
-    (each valid until the next one is asked for). Stops early, short, if the file ends first. `check()` runs before
-    each read: it raises to stop the reading (a cancel)."""
+def read_back(
+    open_file: Callable[[], int], start: int, end: int, piece: int, check: Callable[[], None]
+) -> Iterator[memoryview]:
+    """Yield bytes [start, end) of the file `open_file()` opens (a descriptor this closes), in order, at most
+    `piece` at a time, as views of this thread's buffer (each valid until the next one is asked for). Stops early,
+    short, if the file ends first. `check()` runs before each read: it raises to stop the reading (a cancel)."""
     view = buffer(piece)
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_file()
     try:
         while start < end:
             check()

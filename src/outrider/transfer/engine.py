@@ -94,7 +94,10 @@ class TransferOptions:
     backoff_initial: float = 0.25
     backoff_max: float = 10.0
     stall_timeout: float = 120.0
-    manifest_interval: float = 1.0
+    # How often finished chunks (and how far unfinished ones got) are recorded: what a takeover after a kill -9
+    # fetches twice is at most this many seconds of transfer. Such a save skips the fsyncs (state.py), so it is
+    # cheap; the durable one follows durable_interval.
+    manifest_interval: float = 0.25
     # How often finished chunks are flushed to disk so that they survive a reboot (not only a crash of outrider).
     durable_interval: float = 30.0
     # Content checksums (MD5, sha256, CRC64) where the store offers them; sizes are checked regardless. Hashing is
@@ -115,14 +118,19 @@ class LocalIOError(OutriderError):
     type = "local_io_error"
 
 
+class PartFileReplaced(LocalIOError):
+    """The part file under its name is no longer the one this download created: someone outside the destination's
+    lock replaced or removed it. Nothing is verified or published from a file we did not write."""
+
+
+def _inode(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def local_error(exc: OSError, dest: Path) -> OutriderError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage(f"no space left under {dest}")
     return LocalIOError(f"writing under {dest}: {exc.strerror or exc}")
-
-
-def chunk_bounds(size: int, chunk_size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
 
 
 @dataclasses.dataclass(eq=False)
@@ -163,6 +171,13 @@ class _FileTask:
     # and threads waiting there spin: with this lock they sleep instead. Measured with bench/download_bench.py:
     # 12-22% less CPU per download, the same MB/s.
     write_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # The part file this run writes (device, inode): every open checks it, so that bytes are only ever written to,
+    # hashed from and renamed from the file this run created or resumed.
+    inode: tuple[int, int] = (0, 0)
+    # Unfinished chunks: index -> offset written up to. `resume` from the manifest (where the first attempt
+    # starts), `partial` as the writing threads advance it (what the manifest records).
+    resume: dict[int, int] = dataclasses.field(default_factory=dict)
+    partial: dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def missing(self) -> list[int]:
@@ -200,12 +215,13 @@ class Transfer:
         dest: Path,
         progress: Progress,
         stop: threading.Event,
-        on_published: Callable[[RemoteFile], Awaitable[None]],
+        on_published: Callable[[RemoteFile, os.stat_result], Awaitable[None]],
         *,
         workers: int | None = None,
         chunk_size: int | None = None,
     ) -> None:
-        """Fetch, verify and publish `files` under `dest`; `on_published` runs after each file's rename."""
+        """Fetch, verify and publish `files` under `dest`; `on_published(remote, stat)` runs after each file's
+        rename. The caller holds the destination (lock.py): nothing here coordinates with other processes."""
         run = _Run(self, source, dest, progress, stop, on_published, chunk_size or self.options.chunk_size)
         await run.go(files, min(workers or self.options.workers, self.options.workers))
 
@@ -220,7 +236,7 @@ class _Run:
     dest: Path
     progress: Progress
     stop: threading.Event
-    on_published: Callable[[RemoteFile], Awaitable[None]]
+    on_published: Callable[[RemoteFile, os.stat_result], Awaitable[None]]
     chunk_size: int
 
     def __post_init__(self) -> None:
@@ -302,17 +318,23 @@ class _Run:
                 os.close(fd)
             manifest = state.Manifest(state.remote_identity(remote), self.chunk_size, set())
             state.save_manifest(final, manifest)
-        chunks = chunk_bounds(remote.size, self.chunk_size)
+        chunks = state.chunk_bounds(remote.size, self.chunk_size)
         resumed = sum(end - start for i, (start, end) in enumerate(chunks) if i in manifest.done)
+        resumed += sum(pos - chunks[i][0] for i, pos in manifest.partial.items())
         entry = self.progress.files.get(remote.path) or self.progress.add_file(remote.path, remote.size)
         entry.done, entry.state = resumed, "fetching"
-        inline = len(chunks) <= 1 and not manifest.done  # one chunk (or none): written in order, hash inline
+        # One chunk (or none), fetched from its start: written in order, hashed inline.
+        inline = len(chunks) <= 1 and not manifest.done and not manifest.partial
         expected = remote.checksum if self.opts.verify_checksums else None
         digest = checksums.new_digest(expected) if inline else None
         task = _FileTask(remote, final, manifest, chunks, entry, digest)
+        task.inode = _inode(os.stat(state.part_path(final)))
+        task.resume = dict(manifest.partial)
+        task.partial = dict(manifest.partial)
         if not inline and len(chunks) > 1 and checksums.chunked(expected, self.chunk_size):
             task.chunk_digests = {}
-            task.rehash = set(manifest.done)  # hashed once from the part file: never taken on trust
+            # Hashed once from the part file: never taken on trust (resumed, whole or in part).
+            task.rehash = set(manifest.done) | set(manifest.partial)
         elif not inline and len(chunks) > 1 and checksums.new_digest(expected) is not None:
             task.hashed = trio.Event()
         return task
@@ -324,6 +346,7 @@ class _Run:
             task, index = self.queue.popleft()
             await self._fetch_chunk(task, index)
             task.manifest.done.add(index)
+            task.partial.pop(index, None)
             task.dirty = True
             task.changed.set()
             task.changed = trio.Event()
@@ -331,7 +354,8 @@ class _Run:
                 self.work.start_soon(self._guard, self._finish, task)
 
     async def _fetch_chunk(self, task: _FileTask, index: int) -> None:
-        pos, end = task.chunks[index]
+        end = task.chunks[index][1]
+        pos = task.resume.get(index, task.chunks[index][0])
         if task.chunk_digests is not None and task.remote.checksum is not None:
             task.chunk_digests[index] = checksums.chunk_digest(task.remote.checksum)
         failures = 0
@@ -401,9 +425,13 @@ class _Run:
         feeding each piece to the file's inline digest or the chunk's own, whichever it has."""
         if attempt.cancelled or self.stop.is_set():
             raise Stopped("download stopped")
-        fd = os.open(state.part_path(task.final), os.O_WRONLY)
+        fd = _open_part(task, os.O_WRONLY)
         chunk_digest = task.chunk_digests.get(attempt.index) if task.chunk_digests is not None else None
-        pieces: Iterator[bytes] = self.source.read_range(task.remote.path, attempt.pos, attempt.end)
+        try:
+            pieces: Iterator[bytes] = self.source.read_range(task.remote.path, attempt.pos, attempt.end)
+        except BaseException:
+            os.close(fd)
+            raise
         try:
             for piece in pieces:
                 if attempt.cancelled or self.stop.is_set():
@@ -418,6 +446,7 @@ class _Run:
                 if task.digest is not None:
                     task.digest.update(piece)
                 attempt.pos += len(piece)
+                task.partial[attempt.index] = attempt.pos  # one dict store: atomic for the flusher reading it
                 attempt.last_piece = time.monotonic()
                 self.progress.add(task.progress, len(piece))
             if attempt.pos == attempt.end:
@@ -457,9 +486,9 @@ class _Run:
         async with self.flush_lock:
             fetching = [t for t in self.tasks if t.progress.state == "fetching"]
             if durable:
-                todo = [t for t in fetching if t.dirty or t.manifest.done - t.manifest.durable]
+                todo = [t for t in fetching if t.dirty or t.partial or t.manifest.done - t.manifest.durable]
             else:
-                todo = [t for t in fetching if t.dirty]
+                todo = [t for t in fetching if t.dirty or t.partial]
             if not todo:
                 return
             snapshots = []
@@ -467,7 +496,10 @@ class _Run:
                 task.dirty = False
                 done = set(task.manifest.done)
                 durable_set = done if durable else set(task.manifest.durable)
-                snapshots.append((task.final, dataclasses.replace(task.manifest, done=done, durable=durable_set)))
+                partial = {i: pos for i, pos in list(task.partial.items()) if i not in done}
+                snapshots.append(
+                    (task.final, dataclasses.replace(task.manifest, done=done, durable=durable_set, partial=partial))
+                )
             await trio.to_thread.run_sync(_save_manifests, snapshots, durable)
             if durable:
                 for task, (_, saved) in zip(todo, snapshots, strict=True):
@@ -520,7 +552,8 @@ class _Run:
                 raise Stopped("download stopped")
 
         # Read-back pieces of a few MiB: a syscall per piece costs nothing, and the piece stays in the CPU's cache.
-        for view in diskio.read_back(state.part_path(task.final), start, end, PIECE_SIZE * 4, check):
+        opener = functools.partial(_open_part, task, os.O_RDONLY)
+        for view in diskio.read_back(opener, start, end, PIECE_SIZE * 4, check):
             digest.update(view)
             start += len(view)
         if start < end:
@@ -538,17 +571,17 @@ class _Run:
             raise
         # Not abandoned on cancel: a rename is atomic and short, and waiting for it tells us whether it happened.
         # Once it has, the file is recorded even under a cancel (shielded), so that a retry need not fetch it again.
-        await trio.to_thread.run_sync(self._publish, task)
+        published = await trio.to_thread.run_sync(self._publish, task)
         with trio.CancelScope(shield=True):
             task.progress.state = "published"
             async with self.flush_lock:
                 await trio.to_thread.run_sync(_unlink_quietly, state.manifest_path(task.final))
-            await self.on_published(task.remote)
+            await self.on_published(task.remote, published)
 
     def _verify(self, task: _FileTask, halt: threading.Event) -> None:
         """Thread: check size and checksum of the part file and flush it to disk; raises VerificationFailed."""
         remote = task.remote
-        fd = os.open(state.part_path(task.final), os.O_RDONLY)
+        fd = _open_part(task, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
             if size != remote.size:
@@ -566,10 +599,20 @@ class _Run:
         finally:
             os.close(fd)
 
-    def _publish(self, task: _FileTask) -> None:
-        """Thread: rename the verified part file over the final name (atomic), then make the rename durable."""
-        os.replace(state.part_path(task.final), task.final)
+    def _publish(self, task: _FileTask) -> os.stat_result:
+        """Thread: rename the verified part file over the final name (atomic), then make the rename durable.
+        Renames only the very file that was verified (its inode checked first: only this process writes under the
+        destination's lock, so nothing can swap it between the check and the rename). Returns the final file's
+        stat, which the record keeps to recognise it later."""
+        part = state.part_path(task.final)
+        if _inode(os.stat(part)) != task.inode:
+            raise PartFileReplaced(f"{task.final}: the part file was replaced by another writer; not published")
+        os.replace(part, task.final)
         state.fsync_dir(task.final.parent)
+        published = os.stat(task.final)
+        if _inode(published) != task.inode:
+            raise PartFileReplaced(f"{task.final}: replaced by another writer as it was published")
+        return published
 
     def _computed(self, task: _FileTask, expected: Checksum, halt: threading.Event) -> str | None:
         """Thread: the file's checksum as the bytes written give it; None when we cannot compute this kind."""
@@ -592,6 +635,18 @@ class _Run:
         return digest.value()
 
 
+def _open_part(task: _FileTask, flags: int) -> int:
+    """Open the task's part file, refusing any other file found under its name."""
+    try:
+        fd = os.open(state.part_path(task.final), flags)
+    except FileNotFoundError:
+        raise PartFileReplaced(f"{task.final}: the part file was removed by another writer") from None
+    if _inode(os.fstat(fd)) != task.inode:
+        os.close(fd)
+        raise PartFileReplaced(f"{task.final}: the part file was replaced by another writer")
+    return fd
+
+
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -609,4 +664,4 @@ def _save_manifests(snapshots: list[tuple[Path, state.Manifest]], durable: bool)
                 os.fdatasync(fd)
         finally:
             os.close(fd)
-        state.save_manifest(final, manifest)
+        state.save_manifest(final, manifest, durable=durable)

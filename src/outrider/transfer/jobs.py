@@ -111,6 +111,7 @@ class Job:
             "bytes_fetched": p.fetched,
             "rate_bytes_per_second": round(p.rate(), 1) if self.started_at else 0.0,
             "eta_seconds": None if not self.active or self.started_at is None else _round(p.eta()),
+            "waiting_for": p.waiting_for if self.active else None,
             "files": [f.to_json() for f in p.files.values()],
             "error": None if self.error is None else self.error.to_json()["error"],
             "created_at": _iso(self.created_at),

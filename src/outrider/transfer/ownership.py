@@ -24,10 +24,13 @@ import os
 from pathlib import Path
 
 from outrider.errors import Conflict, InvalidRequest
-from outrider.transfer import state
+from outrider.transfer import lock, state
 
 # What a fresh ext4/xfs volume's root holds before anyone wrote to it: not someone's files.
 _FILE_SYSTEM_LEFTOVERS = frozenset({"lost+found"})
+# outrider's own bookkeeping that holds no data: the destination lock (lock.py), left by a download that stopped
+# before it wrote its record.
+_OWN_LEFTOVERS = frozenset({lock.LOCK_NAME})
 
 
 def claim(dest: Path, source: str, field: str) -> state.Record | None:
@@ -59,6 +62,8 @@ def claim(dest: Path, source: str, field: str) -> state.Record | None:
 
 
 def _leftover(dest: Path, entry: str) -> bool:
+    if entry in _OWN_LEFTOVERS:
+        return True
     if entry not in _FILE_SYSTEM_LEFTOVERS:
         return False
     try:
@@ -97,6 +102,7 @@ def remove_download(dest: Path) -> Removal:
                 removed += path == final
         parents.update(p for p in final.parents if p != dest and dest in p.parents)
     os.unlink(dest / state.RECORD_NAME)
+    lock.remove_if_free(dest)
     # Deepest first, so a directory emptied by its children's removal goes too; one with other files stays.
     for directory in sorted(parents, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):

@@ -32,6 +32,11 @@ class Progress:
         self.fetched = 0  # bytes received from the source in this run (not counting resumed or unchanged bytes)
         self.started = time.monotonic()
         self.finished: float | None = None
+        # Another process writing the same destination, which this download waits for (lock.py), or None.
+        self.waiting_for: str | None = None
+
+    def wait_for(self, who: str | None) -> None:
+        self.waiting_for = who
 
     def add_file(self, path: str, size: int, done: int = 0, state: str = "pending") -> FileProgress:
         entry = FileProgress(path, size, done, state)

@@ -12,12 +12,15 @@ reader sees the old or the new content and never a torn one. All functions here 
   leaves its writes in the page cache, which the next process reads), and `durable` the chunks written before the
   last fdatasync, the only ones trusted after a reboot. The manifest names the boot it was written in.
 - `<dest>/.outrider-download.json` records the source (display form: no secrets), the revision and every published
-  file with its size, version and checksum. A file whose record entry matches the listing and whose size on disk is
-  right is not fetched again; one that changed remotely is.
+  file with its size, version and checksum, and the file it became on disk (inode, size, mtime). A file whose entry
+  matches the listing and which is still that very file is not fetched again; one that changed remotely, or was
+  replaced or rewritten locally, is.
+- Only the holder of the destination's lock (lock.py) writes any of these.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -34,7 +37,9 @@ RECORD_NAME = ".outrider-download.json"
 PART_SUFFIX = ".part"
 MANIFEST_SUFFIX = ".part.json"
 _FORMAT = 1
-_MANIFEST_FORMAT = 2
+_MANIFEST_FORMAT = 3
+# Format 2 had no `partial`: still read, so an upgrade resumes the downloads in flight.
+_MANIFEST_FORMATS = (2, 3)
 _BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -68,13 +73,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: object) -> None:
+def write_json_atomic(path: Path, data: object, *, durable: bool = True) -> None:
+    """Replace `path` with `data` so that a reader sees the old or the new content. `durable=False` skips the
+    fsyncs: the rename is as atomic without them, only a reboot may lose (or empty) the file, and a reader treats
+    an unreadable file as absent."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     payload = json.dumps(data, indent=1, sort_keys=True).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, payload)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     try:
@@ -83,7 +92,8 @@ def write_json_atomic(path: Path, data: object) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -113,6 +123,17 @@ def same_remote(stored: dict[str, Any], remote: RemoteFile) -> bool:
     return remote.version is not None or stored.get("checksum") == current["checksum"]
 
 
+def local_identity(st: os.stat_result) -> dict[str, int]:
+    """What tells the published file from any other under its name: a rename keeps inode and mtime, a rewrite in
+    place changes the mtime, a replacement the inode."""
+    return {"size": st.st_size, "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
+
+
+def published_entry(remote: RemoteFile, st: os.stat_result) -> dict[str, Any]:
+    """The record's entry for a file just published: the remote content it holds and the file it is on disk."""
+    return {**remote_identity(remote), "local": local_identity(st)}
+
+
 @dataclasses.dataclass
 class Manifest:
     """The finished chunks of one part file: `done` (in the page cache at least) and `durable` (flushed to disk)."""
@@ -121,6 +142,10 @@ class Manifest:
     chunk_size: int
     done: set[int]
     durable: set[int] = dataclasses.field(default_factory=set)
+    # Unfinished chunks: index -> the file offset up to which the chunk's bytes are written. A process that takes
+    # over a killed one's download goes on from there rather than fetch the chunk again (at 8 workers of 8 MiB,
+    # up to 64 MiB a takeover would otherwise pay twice). Trusted within the same boot only, as `done` is.
+    partial: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,15 +155,22 @@ class Manifest:
             "boot_id": boot_id(),
             "done": sorted(self.done),
             "durable": sorted(self.durable & self.done),
+            "partial": {str(i): pos for i, pos in sorted(self.partial.items()) if i not in self.done},
         }
 
 
+def chunk_bounds(size: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
+
+
 def load_manifest(final: Path, remote: RemoteFile, chunk_size: int) -> Manifest | None:
-    """The manifest for `final` if it belongs to this remote file and chunk size and its part file is intact."""
+    """The manifest for `final` if it belongs to this remote file and its part file is intact, in chunks of
+    `chunk_size` (one written with another chunk size is translated: see `_rechunk`)."""
     data = _read_json(manifest_path(final))
-    if data is None or data.get("format") != _MANIFEST_FORMAT or data.get("chunk_size") != chunk_size:
+    if data is None or data.get("format") not in _MANIFEST_FORMATS or not same_remote(data, remote):
         return None
-    if not same_remote(data, remote):
+    stored_size = data.get("chunk_size")
+    if not isinstance(stored_size, int) or isinstance(stored_size, bool) or stored_size <= 0:
         return None
     identity = remote_identity(remote)
     try:
@@ -149,10 +181,59 @@ def load_manifest(final: Path, remote: RemoteFile, chunk_size: int) -> Manifest 
     done, durable = _chunk_set(data.get("done")), _chunk_set(data.get("durable"))
     if done is None or durable is None:
         return None
+    partial = _partial(data.get("partial"), remote.size, stored_size)
     current = boot_id()
     if current is None or data.get("boot_id") != current:
         done = durable  # the machine restarted since: what was only in the page cache may never have reached disk
-    return Manifest(identity, chunk_size, done, durable & done)
+        partial = {}
+    durable &= done
+    if stored_size != chunk_size:
+        done, partial = _rechunk(done, partial, stored_size, chunk_size, remote.size)
+        durable, _ = _rechunk(durable, {}, stored_size, chunk_size, remote.size)
+    return Manifest(identity, chunk_size, done, durable & done, {i: p for i, p in partial.items() if i not in done})
+
+
+def _rechunk(done: set[int], partial: dict[int, int], old: int, new: int, size: int) -> tuple[set[int], dict[int, int]]:
+    """The same written bytes in chunks of `new` bytes instead of `old`: a chunk all of whose bytes were written is
+    done, one whose first bytes were is partial up to where they end. Another process (another --chunk-size or a
+    request's chunk_size) that takes over a part file thus resumes it rather than fetch it all again."""
+    spans = sorted(
+        [(i * old, min(i * old + old, size)) for i in done if i * old < size]
+        + [(i * old, pos) for i, pos in partial.items()]
+    )
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    starts = [start for start, _ in merged]
+    new_done, new_partial = set(), {}
+    for index, (start, end) in enumerate(chunk_bounds(size, new)):
+        at = bisect.bisect_right(starts, start) - 1
+        if at < 0 or merged[at][1] <= start:
+            continue
+        if merged[at][1] >= end:
+            new_done.add(index)
+        else:
+            new_partial[index] = merged[at][1]
+    return new_done, new_partial
+
+
+def _partial(value: object, size: int, chunk_size: int) -> dict[int, int]:
+    """The valid entries of a manifest's `partial`: each offset strictly inside its chunk (anything else dropped,
+    so that chunk is fetched whole)."""
+    if not isinstance(value, dict):
+        return {}
+    partial = {}
+    for key, pos in value.items():
+        if not (isinstance(key, str) and key.isdigit() and isinstance(pos, int)) or isinstance(pos, bool):
+            continue
+        index = int(key)
+        start = index * chunk_size
+        if start < pos < min(start + chunk_size, size):
+            partial[index] = pos
+    return partial
 
 
 def _chunk_set(value: object) -> set[int] | None:
@@ -161,8 +242,8 @@ def _chunk_set(value: object) -> set[int] | None:
     return set(value)
 
 
-def save_manifest(final: Path, manifest: Manifest) -> None:
-    write_json_atomic(manifest_path(final), manifest.to_json())
+def save_manifest(final: Path, manifest: Manifest, *, durable: bool = True) -> None:
+    write_json_atomic(manifest_path(final), manifest.to_json(), durable=durable)
 
 
 def remove_partial(final: Path) -> None:
@@ -181,15 +262,21 @@ class Record:
     files: dict[str, dict[str, Any]]
     complete: bool = False
 
-    def is_current(self, dest: Path, remote: RemoteFile, final: Path) -> bool:
-        """Is `final` already the published copy of `remote`? (listing unchanged and size on disk right)"""
+    def is_current(self, remote: RemoteFile, final: Path) -> bool:
+        """Is `final` still the copy of `remote` that was published? The listing must be unchanged, and the file
+        on disk the very file renamed into place then: same inode, size and modification time. A file replaced,
+        rewritten or truncated since (by anyone) is fetched again; so is one recorded before outrider kept these."""
         entry = self.files.get(remote.path)
         if entry is None or not same_remote(entry, remote):
             return False
+        local = entry.get("local")
+        if not isinstance(local, dict):
+            return False
         try:
-            return os.stat(final).st_size == remote.size
+            st = os.stat(final)
         except OSError:
             return False
+        return remote.size == st.st_size == local.get("size") and local_identity(st) == local
 
     def to_json(self) -> dict[str, Any]:
         return {
