@@ -28,10 +28,9 @@ import trio
 
 from outrider.errors import Conflict, NotFound, OutriderError
 from outrider.metrics.own import DownloadMetrics, download_failure_reason
-from outrider.transfer import download, state
+from outrider.transfer import download
 from outrider.transfer.engine import Transfer, TransferOptions
 from outrider.transfer.opener import SourceOpener
-from outrider.transfer.paths import join_under
 from outrider.transfer.plan import Filters
 from outrider.transfer.progress import Progress
 from outrider.transfer.settings import DownloadSettings
@@ -327,12 +326,13 @@ class JobManager:
                     job.stop,
                     workers=request.workers,
                     chunk_size=request.chunk_size,
+                    # A cancel of this job (not a shutdown) removes what the job wrote, under the destination's
+                    # lock: a job that only waited for another process removes nothing.
+                    discard_on_cancel=lambda: job.cancel_scope.cancel_called,
                 )
                 job.state = "completed"
             if job.cancel_scope.cancelled_caught:
                 job.state = "cancelled"
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_remove_parts, prepared)
         except OutriderError as exc:
             job.state, job.error = "failed", exc
             log.warning("download %s of %s into %s failed: %s", job.id, job.source, job.dest, exc.message)
@@ -362,8 +362,3 @@ class JobManager:
         finished = [j for j in self._jobs.values() if not j.active]
         for job in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
             del self._jobs[job.id]
-
-
-def _remove_parts(prepared: download.Prepared) -> None:
-    for remote in prepared.pending:
-        state.remove_partial(join_under(prepared.dest, remote.path))
