@@ -13,6 +13,7 @@ from outrider.metrics.scraper import Scraper
 from outrider.settings import Settings
 from outrider.target import TargetKeeper
 from outrider.transfer.jobs import JobManager
+from outrider.transfer.pod_model import PodModel
 
 
 @dataclasses.dataclass
@@ -25,6 +26,7 @@ class Runtime:
     adapters: Reconciler | None = None  # the declared LoRA set and the loop that keeps the engine on it
     adapters_file: AdaptersFileWatcher | None = None
     downloads: JobManager | None = None  # model download jobs; started by the supervisor
+    pod_model: PodModel | None = None  # the pod's own model, fetched at start-up (None: not built yet)
     engines: Supervisor | None = None  # engine processes outrider launches (None: the lifecycle is off)
 
     @property

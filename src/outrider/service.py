@@ -39,6 +39,7 @@ from outrider.settings import Settings
 from outrider.target import EngineTarget, TargetKeeper
 from outrider.transfer.jobs import JobManager
 from outrider.transfer.opener import SourceOpener, build_opener
+from outrider.transfer.pod_model import PodModel
 
 log = logging.getLogger("outrider")
 
@@ -69,6 +70,13 @@ def build_runtime(
         follow=target.metrics_url,
     )
     downloads = JobManager(settings.downloads, source_opener or build_opener(settings.downloads), metrics.downloads)
+    pod_model = PodModel(
+        downloads,
+        settings.downloads.model_root,
+        settings.downloads.pod_model,
+        settings.downloads.pod_model_dir,
+        metrics.pod_model,
+    )
     root = Path(settings.adapter_root)
     # A Kthena load's `output_dir` may also name a directory under the model root (its manifests use /models/...).
     # AIBrix's delegation mode lands under --aibrix-adapter-dir.
@@ -100,6 +108,7 @@ def build_runtime(
         page=ServedPage(scraper, metrics, lora=lora_info),
         target=target,
         downloads=downloads,
+        pod_model=pod_model,
         adapters=reconciler,
         adapters_file=watcher,
     )
@@ -165,6 +174,8 @@ async def serve(
         await nursery.start(runtime.scraper.run)
         assert runtime.downloads is not None and runtime.adapters is not None
         await nursery.start(runtime.downloads.run)
+        if runtime.pod_model is not None:  # fetched in the background; GET /startup says how far it got
+            await nursery.start(runtime.pod_model.run)
         if runtime.engines is not None:  # after downloads (activations fetch through them), before the server
             await nursery.start(runtime.engines.run)
         nursery.start_soon(_close_engine_client_at_exit, runtime.adapters.engine)

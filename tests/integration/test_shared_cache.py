@@ -22,6 +22,7 @@ import pytest
 
 from outrider.transfer.lock import LOCK_NAME
 from tests.conftest import REPO
+from tests.integration.stores import moto_fixture
 from tests.servers.counting_proxy import CountingProxy
 from tests.servers.moto import ADMIN, REGION, MotoServer, free_port
 
@@ -37,15 +38,7 @@ PACE = 3 * MIB
 WITHIN = 120.0  # seconds any process may take to reach what a test waits for (only a broken cache comes near)
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
-        server.seed(BUCKET, {f"tiny/{path}": data for path, data in TREE.items()})
-        yield server
-    finally:
-        server.stop()
+moto = moto_fixture(BUCKET, "tiny", TREE)
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """The routes that probes and Prometheus call all day, answered below the framework.
 
-`/health`, `/healthz`, `/ready` and `/metrics` are most of the traffic a sidecar sees, and each answer is already
-computed (the metrics page by the scraper, readiness by a comparison). Quart builds a request context, a task and a
-response object for every request; measured with bench/metrics_bench.py that framework work was most of the CPU a
+`/health`, `/healthz`, `/ready`, `/startup` and `/metrics` are most of the traffic a sidecar sees, and each answer is
+already computed (the metrics page by the scraper, readiness by a comparison). Quart builds a request context, a task
+and a response object for every request; measured with bench/metrics_bench.py that framework work was most of the CPU a
 `/metrics` request cost, and it delays `/health` behind every scrape in flight. So `HotRoutes` answers GET and HEAD
-on these four paths directly in ASGI and hands everything else to the Quart app unchanged.
+on these paths directly in ASGI and hands everything else to the Quart app unchanged.
 
 These are the only routes answered here. Anything that adds behaviour to every route (auth, request ids, request
 metrics) must cover this wrapper as well as the Quart app.
@@ -63,7 +63,7 @@ ALIASES = {"/metrics/": "/metrics"}
 
 
 class HotRoutes:
-    """ASGI wrapper: the four hot routes here, the rest to `app`."""
+    """ASGI wrapper: the hot routes here, the rest to `app`."""
 
     def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self._app = app
@@ -72,6 +72,7 @@ class HotRoutes:
             "/health": lambda _: (200, [(b"content-type", JSON)], HEALTH),
             "/healthz": lambda _: (200, [(b"content-type", JSON)], HEALTHZ),
             "/ready": self._ready,
+            "/startup": self._startup,
             "/metrics": self._metrics,
         }
 
@@ -109,6 +110,12 @@ class HotRoutes:
             return 503, [(b"content-type", JSON)], json.dumps(body).encode()
         body = {"status": "ready", "engine": runtime.settings.engine, "model": runtime.model}
         return 200, [(b"content-type", JSON)], json.dumps(body).encode()
+
+    def _startup(self, _: Scope) -> Answer:
+        pod_model = self._runtime.pod_model
+        if pod_model is None:
+            return 200, [(b"content-type", JSON)], json.dumps({"status": "ready", "source": None}).encode()
+        return (200 if pod_model.ready else 503), [(b"content-type", JSON)], json.dumps(pod_model.to_json()).encode()
 
     def _metrics(self, scope: Scope) -> Answer:
         page = self._runtime.page

@@ -404,5 +404,20 @@ class NotReady(BaseModel):
     reason: str
 
 
+class Startup(BaseModel):
+    """The pod model's state (--pod-model): 200 once it is complete on disk (or when there is none), else 503."""
+
+    status: Literal["ready", "downloading", "failed"]
+    source: str | None = Field(examples=["s3://models/llama3"])
+    model_dir: str | None = Field(default=None, examples=["/models/llama3"])
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    files_done: int | None = None
+    files_total: int | None = None
+    rate_bytes_per_second: float | None = None
+    waiting_for: str | None = Field(default=None, description="Another process fetching the same model")
+    error: ErrorDetail | None = Field(default=None, description="Why the pod model failed for good")
+
+
 class PlainText(RootModel[str]):
     """A text/plain answer."""

@@ -5,8 +5,8 @@ reads them (the same attributes its `validate_*` decorators set) without wrappin
 checked by http/body.py's `strict_body`, and answers are never re-validated at run time.
 
 `OutriderOpenAPI` adds what quart-schema cannot see:
-- the hot routes (`/health`, `/healthz`, `/ready`, `/metrics`), answered in ASGI below Quart (http/hot.py), and the
-  documentation routes themselves, so that the spec lists exactly the routes outrider answers;
+- the hot routes (`/health`, `/healthz`, `/ready`, `/startup`, `/metrics`), answered in ASGI below Quart
+  (http/hot.py), and the documentation routes themselves, so that the spec lists exactly the routes outrider answers;
 - the answers of the layers around every route: 401/403 from the guard where the running settings need a token
   (the same `Guard.needs_token` rule that enforces it), 413 for bodies over the limit and 400 for a body that is
   not a JSON object;
@@ -199,6 +199,14 @@ class OutriderOpenAPI(OpenAPIProvider):
                 "responses": {
                     "200": _json(models.Ready, "Ready"),
                     "503": _json(models.NotReady, "Not ready, and why"),
+                },
+            },
+            "/startup": {
+                "operationId": "get_startup",
+                "summary": "Startup: the pod's own model (--pod-model) is complete on disk (a startupProbe's path)",
+                "responses": {
+                    "200": _json(models.Startup, "Complete, or no pod model configured"),
+                    "503": _json(models.Startup, "Still downloading (with its progress), or failed for good (why)"),
                 },
             },
             "/metrics": {

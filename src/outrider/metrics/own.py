@@ -69,6 +69,7 @@ class OwnMetrics:
             reason=RECONCILE_ERROR_REASONS,
         )
         self.downloads = DownloadMetrics(self.registry)
+        self.pod_model = PodModelMetrics(self.registry)
         self.engines = EngineMetrics(self.registry)
         self.http = HttpMetrics(self.registry)
         Info("outrider_build", "outrider build information.", registry=self.registry).info(
@@ -95,6 +96,40 @@ class DownloadMetrics:
             "outrider_download_failures", "Download jobs that failed, by reason.", reason=DOWNLOAD_FAILURE_REASONS
         )
         self.active = new.gauge("outrider_download_jobs_active", "Download jobs queued or running.")
+
+
+# The pod model's states (transfer/pod_model.py), all present from the start so that each reads 0 or 1.
+POD_MODEL_STATES = ("none", "downloading", "ready", "failed")
+
+
+class PodModelMetrics:
+    """The pod's own model (--pod-model), fetched at start-up: where it stands, for dashboards and alerts."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        new = Families(registry)
+        self.state = new.gauge(
+            "outrider_pod_model_state", "1 for the pod model's state, else 0.", state=POD_MODEL_STATES
+        )
+        self.bytes_done = new.gauge(
+            "outrider_pod_model_bytes_done", "Bytes of the pod model on disk (verified or not)."
+        )
+        self.bytes_total = new.gauge("outrider_pod_model_bytes_total", "Bytes of the pod model in all.")
+        self.files_done = new.gauge("outrider_pod_model_files_done", "Files of the pod model published.")
+        self.files_total = new.gauge("outrider_pod_model_files_total", "Files of the pod model in all.")
+        self.rate = new.gauge(
+            "outrider_pod_model_rate_bytes_per_second", "Mean rate of the pod model's download while it runs."
+        )
+
+    def update(
+        self, *, state: str, bytes_done: int, bytes_total: int, files_done: int, files_total: int, rate: float
+    ) -> None:
+        for name in POD_MODEL_STATES:
+            self.state.labels(name).set(1 if name == state else 0)
+        self.bytes_done.set(bytes_done)
+        self.bytes_total.set(bytes_total)
+        self.files_done.set(files_done)
+        self.files_total.set(files_total)
+        self.rate.set(rate)
 
 
 class EngineMetrics:
