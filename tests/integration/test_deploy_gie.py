@@ -204,7 +204,7 @@ def test_the_gie_overlay_changes_only_what_routing_needs(docs: list[dict[str, An
     base_pod = one(base, "Deployment")["spec"]["template"]
     pod = one(docs, "Deployment")["spec"]["template"]
     assert pod["metadata"]["labels"] == {**base_pod["metadata"]["labels"], ENGINE_TYPE_LABEL: "vllm"}
-    base_sidecar, sidecar = base_pod["spec"]["containers"][1], pod["spec"]["containers"][1]
+    base_sidecar, sidecar = base_pod["spec"]["initContainers"][0], pod["spec"]["initContainers"][0]
     assert sidecar["args"] == [*base_sidecar["args"], "--metrics-profile", "outrider,gie"]
     assert {**sidecar, "args": None} == {**base_sidecar, "args": None}
     assert pod["spec"]["containers"][0] == base_pod["spec"]["containers"][0]
@@ -216,6 +216,6 @@ def test_the_gie_patch_stops_on_the_wrong_container(tmp_path: Path) -> None:
     overlay = tree / "overlays" / "gie"
     assert render(overlay)  # the copy renders as it is
     patch = overlay / "routable-pod.yaml"
-    patch.write_text(patch.read_text().replace("containers/1/", "containers/0/"))
+    patch.write_text(patch.read_text().replace("initContainers/0/", "containers/0/"))
     done = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "test" in done.stderr.lower()

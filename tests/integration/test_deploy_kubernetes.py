@@ -33,6 +33,7 @@ from tests.conftest import REPO
 KUSTOMIZE = REPO / "deploy" / "kubernetes"
 BASE = KUSTOMIZE / "base"
 SGLANG = KUSTOMIZE / "overlays" / "sglang"
+INIT_DOWNLOAD = KUSTOMIZE / "overlays" / "init-download"
 # The oldest Kubernetes we claim, and the newest whose schemas kubernetes-validate 1.37.0 carries.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 
@@ -147,9 +148,13 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pod spec's containers and init containers (outrider is a native sidecar: an init container)."""
+    return [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
+
+
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if c["name"] == name)
+    return next(c for c in all_containers(deployment["spec"]["template"]) if c["name"] == name)
 
 
 def port_number(c: dict[str, Any], name: str) -> int:
@@ -165,10 +170,10 @@ def expand(arg: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
 
 
-@pytest.fixture(scope="module", params=["base", "sglang"])
+@pytest.fixture(scope="module", params=["base", "sglang", "init-download"])
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     name: str = request.param
-    return name, render(BASE if name == "base" else SGLANG)
+    return name, render({"base": BASE, "sglang": SGLANG, "init-download": INIT_DOWNLOAD}[name])
 
 
 def test_every_resource_passes_its_schema(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -189,7 +194,7 @@ def test_the_pieces_fit_together(rendered: tuple[str, list[dict[str, Any]]]) -> 
     pod = deployment["spec"]["template"]
     assert selects(deployment["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
     assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
-    container_ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    container_ports = {p["name"] for c in all_containers(pod) for p in c.get("ports", [])}
     service_ports = {p["name"]: p for p in service["spec"]["ports"]}
     for port in service_ports.values():
         assert port["targetPort"] in container_ports, port
@@ -199,15 +204,16 @@ def test_the_pieces_fit_together(rendered: tuple[str, list[dict[str, Any]]]) -> 
     assert endpoint["path"] == "/metrics"
 
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    for c in pod["spec"]["containers"]:
+    for c in all_containers(pod):
         for mount in c.get("volumeMounts", []):
             assert mount["name"] in volumes, (c["name"], mount)
     assert volumes["adapters"]["configMap"]["name"] == config_map["metadata"]["name"]
     # The models volume is at the same path in both containers: a path outrider writes is a path the engine reads.
     models = {
-        c["name"]: m["mountPath"] for c in pod["spec"]["containers"] for m in c["volumeMounts"] if m["name"] == "models"
+        c["name"]: m["mountPath"] for c in all_containers(pod) for m in c["volumeMounts"] if m["name"] == "models"
     }
-    assert models == {"engine": "/models", "outrider": "/models"}
+    assert {models.pop("engine"), models.pop("outrider")} == {"/models"}
+    assert models in ({}, {"model-download": "/models"})
 
 
 def test_outrider_container_runs_with_outriders_own_command_line(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -241,7 +247,7 @@ def test_outrider_container_runs_with_outriders_own_command_line(rendered: tuple
     routes = route_paths(build_runtime(settings))
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "outrider"}
     assert sidecar["livenessProbe"]["httpGet"] == {"path": "/health", "port": "outrider"}
-    assert {"/ready", "/health", "/metrics"} <= routes
+    assert {"/ready", "/health", "/metrics", "/startup"} <= routes
 
     # The adapters file the environment names is where the ConfigMap is mounted.
     mount = next(m for m in sidecar["volumeMounts"] if m["name"] == "adapters")
@@ -268,7 +274,7 @@ def test_engine_containers_enable_what_outrider_needs(rendered: tuple[str, list[
     env = {e["name"]: e.get("value") for e in engine.get("env", [])}
     args = engine["args"]
     assert "nvidia.com/gpu" in engine["resources"]["limits"]
-    if name == "base":
+    if name != "sglang":
         assert engine["image"].startswith("vllm/vllm-openai:")
         assert "--enable-lora" in args and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
     else:
@@ -286,10 +292,49 @@ def test_the_sglang_overlay_changes_only_the_engine() -> None:
         assert one(base, kind) == one(overlay, kind)
     base_pod = one(base, "Deployment")["spec"]["template"]["spec"]
     overlay_pod = one(overlay, "Deployment")["spec"]["template"]["spec"]
-    base_sidecar, overlay_sidecar = base_pod["containers"][1], overlay_pod["containers"][1]
+    base_sidecar, overlay_sidecar = base_pod["initContainers"][0], overlay_pod["initContainers"][0]
     assert overlay_sidecar["args"] == ["sglang" if a == "vllm" else a for a in base_sidecar["args"]]
     assert {**overlay_sidecar, "args": None} == {**base_sidecar, "args": None}
-    assert {**overlay_pod, "containers": None} == {**base_pod, "containers": None}
+    assert {**overlay_pod, "containers": None, "initContainers": None} == {
+        **base_pod,
+        "containers": None,
+        "initContainers": None,
+    }
+
+
+def local_model(engine: dict[str, Any]) -> str:
+    """The directory the engine loads its weights from (vLLM's --model, SGLang's --model-path)."""
+    (value,) = [a.split("=", 1)[1] for a in engine["args"] if a.startswith(("--model=", "--model-path="))]
+    return value
+
+
+def test_the_engine_starts_only_once_outrider_has_its_model_on_disk(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, docs = rendered
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    sidecar, engine = container(deployment, "outrider"), container(deployment, "engine")
+    settings = serve_settings(build_parser().parse_args(sidecar["args"]), {})
+    downloads = settings.downloads
+    assert downloads.pod_model is not None and downloads.pod_model_dir is not None
+    model_dir = f"{downloads.model_root}/{downloads.pod_model_dir}"
+    # The engine reads the local copy, never the Hub: its model is the directory outrider fills.
+    assert local_model(engine) == model_dir
+    assert not any(e["name"] in ("HF_HOME", "HF_TOKEN", "HF_ENDPOINT") for e in engine.get("env", []))
+    if name == "init-download":  # before 1.29: an init container runs `outrider download` into the same directory
+        (init,) = pod["initContainers"]
+        args = build_parser().parse_args(init["args"])
+        assert args.command == "download" and (args.source, args.dest) == (downloads.pod_model, model_dir)
+        assert "startupProbe" not in sidecar and "restartPolicy" not in sidecar
+        assert sidecar in pod["containers"]
+        return
+    # A native sidecar: an init container that keeps running, whose startupProbe (the real /startup route, on its
+    # own port) holds the engine container back until the model is complete.
+    assert pod["initContainers"] == [sidecar] and sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/startup", "port": "outrider"}
+    assert "/startup" in route_paths(build_runtime(settings))
+    assert port_number(sidecar, "outrider") == settings.port
 
 
 def test_the_overlays_test_ops_stop_a_patch_on_the_wrong_container(tmp_path: Path) -> None:
@@ -299,7 +344,7 @@ def test_the_overlays_test_ops_stop_a_patch_on_the_wrong_container(tmp_path: Pat
     overlay = tree / "overlays" / "sglang"
     assert render(overlay)  # the copy renders as it is
     patch = overlay / "engine-sglang.yaml"
-    patch.write_text(patch.read_text().replace("containers/0/", "containers/1/", 1))
+    patch.write_text(patch.read_text().replace("/containers/0/", "/containers/1/", 1))
     done = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "test" in done.stderr.lower()
 
@@ -307,8 +352,8 @@ def test_the_overlays_test_ops_stop_a_patch_on_the_wrong_container(tmp_path: Pat
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        (("spec", "template", "spec", "containers", 1, "ports", 0, "containerPort"), "9000"),
-        (("spec", "template", "spec", "containers", 1, "readinessProbe", "httpGet", "paht"), "/ready"),
+        (("spec", "template", "spec", "initContainers", 0, "ports", 0, "containerPort"), "9000"),
+        (("spec", "template", "spec", "initContainers", 0, "readinessProbe", "httpGet", "paht"), "/ready"),
     ],
 )
 def test_schema_validation_catches_broken_resources(path: tuple[str | int, ...], value: object) -> None:

@@ -96,7 +96,8 @@ def test_kubernetes_sd_block_keeps_only_outrider_ports() -> None:
     ]
     # The port name it keeps is the one the Deployment gives outrider, and the labels are the ones the dashboard uses.
     deployment = yaml.safe_load((REPO / "deploy" / "kubernetes" / "base" / "deployment.yaml").read_text())
-    sidecar = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "outrider")
+    pod = deployment["spec"]["template"]["spec"]
+    sidecar = next(c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == "outrider")
     assert [p["name"] for p in sidecar["ports"]] == ["outrider"]
     assert {"namespace", "pod"} <= {r.get("target_label") for r in relabel}
     assert job["metrics_path"] == "/metrics"
