@@ -305,7 +305,7 @@ def test_the_sglang_overlay_changes_only_the_engine() -> None:
 def local_model(engine: dict[str, Any]) -> str:
     """The directory the engine loads its weights from (vLLM's --model, SGLang's --model-path)."""
     (value,) = [a.split("=", 1)[1] for a in engine["args"] if a.startswith(("--model=", "--model-path="))]
-    return value
+    return str(value)
 
 
 def test_the_engine_starts_only_once_outrider_has_its_model_on_disk(
