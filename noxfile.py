@@ -82,6 +82,7 @@ def bench(session: nox.Session) -> None:
     aibrix = str(AIBRIX_VENV / "bin" / "python")
     session.run("python", "bench/metrics_bench.py", "--aibrix-python", aibrix, *session.posargs)
     session.run("python", "bench/download_bench.py", "--aibrix-python", aibrix)
+    session.run("python", "bench/shared_cache_bench.py")
     session.run("python", "bench/checksum_bench.py")
     session.run("python", "bench/lora_bench.py")
     session.run("python", "bench/kv_events_bench.py")

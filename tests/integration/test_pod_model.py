@@ -77,8 +77,8 @@ async def test_the_pod_model_is_fetched_at_start_and_startup_turns_200_once_it_i
     await wait_until(some_progress, within=30, what="download progress on /metrics")
     page = (await run.client.get("/metrics")).text
     assert gauge(page, "outrider_pod_model_state", state="downloading") == 1
-    assert gauge(page, "outrider_pod_model_bytes_total") == sum(len(v) for v in TREE.values())
-    assert gauge(page, "outrider_pod_model_files_total") == 2
+    assert gauge(page, "outrider_pod_model_size_bytes") == sum(len(v) for v in TREE.values())
+    assert gauge(page, "outrider_pod_model_files") == 2
 
     async def ready() -> bool:
         return (await run.client.get("/startup")).status_code == 200

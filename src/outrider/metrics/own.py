@@ -113,9 +113,9 @@ class PodModelMetrics:
         self.bytes_done = new.gauge(
             "outrider_pod_model_bytes_done", "Bytes of the pod model on disk (verified or not)."
         )
-        self.bytes_total = new.gauge("outrider_pod_model_bytes_total", "Bytes of the pod model in all.")
+        self.bytes_total = new.gauge("outrider_pod_model_size_bytes", "Bytes of the pod model in all.")
         self.files_done = new.gauge("outrider_pod_model_files_done", "Files of the pod model published.")
-        self.files_total = new.gauge("outrider_pod_model_files_total", "Files of the pod model in all.")
+        self.files_total = new.gauge("outrider_pod_model_files", "Files of the pod model in all.")
         self.rate = new.gauge(
             "outrider_pod_model_rate_bytes_per_second", "Mean rate of the pod model's download while it runs."
         )
