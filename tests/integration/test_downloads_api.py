@@ -140,6 +140,30 @@ async def test_asking_again_is_a_no_op(outrider: Outrider, store: RangeServer) -
     assert again.json()["id"] != first.json()["id"]
 
 
+def zero_the_start(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(b"\0" * MIB)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # as a later write's clock tick would
+
+
+async def test_a_published_file_changed_on_disk_is_fetched_again(
+    outrider: Outrider, store: RangeServer, tree: dict[str, bytes]
+) -> None:
+    """The record is trusted only while the file is the one published: zeros written over it in place (its size
+    unchanged), as a stray writer or a bad disk would leave it, are not taken for the model."""
+    body = {"source": store.url, "dest": "llama", "wait": True}
+    assert (await outrider.client.post("/v1/downloads", json=body)).json()["state"] == "completed"
+    zero_the_start(outrider.root / "llama" / BIG)
+    store.gets.clear()
+    again = await outrider.client.post("/v1/downloads", json=body)
+    assert again.status_code == 200 and again.json()["state"] == "completed"
+    states = {f["path"]: f["state"] for f in again.json()["files"]}
+    assert states[BIG] == "published" and states["config.json"] == "unchanged"
+    assert store.gets_of(BIG) and not store.gets_of("config.json")
+    assert_tree(outrider.root / "llama", tree)
+
+
 async def test_two_requests_for_one_dest_share_one_download(
     outrider: Outrider, store: RangeServer, tree: dict[str, bytes]
 ) -> None:
