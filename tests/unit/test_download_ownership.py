@@ -9,6 +9,7 @@ import pytest
 
 from outrider.errors import Conflict
 from outrider.transfer import ownership, state
+from outrider.transfer.lock import LOCK_NAME, DestinationLock
 
 
 def recorded(dest: Path, source: str, files: dict[str, bytes]) -> None:
@@ -86,3 +87,23 @@ def test_removal_does_not_follow_a_symlink_out_of_the_directory(tmp_path: Path) 
 
     assert (outside / "b.bin").read_bytes() == b"someone else's"
     assert not (dest / "a.bin").exists()
+
+
+async def test_the_destination_lock_is_outriders_own_and_goes_with_its_download(tmp_path: Path) -> None:
+    # A download stopped before its record: only its lock file is left, and the directory is still no one's.
+    held = DestinationLock(tmp_path / "stopped")
+    await held.acquire()
+    await held.release()
+    assert ownership.claim(tmp_path / "stopped", "s3://b/m", "dest") is None
+
+    # A removal while another process writes there keeps the lock (and so the directory) for that writer.
+    dest = tmp_path / "d"
+    recorded(dest, "s3://b/m", {"a.bin": b"a"})
+    writer = DestinationLock(dest)
+    await writer.acquire()
+    assert not ownership.remove_download(dest).directory_removed and (dest / LOCK_NAME).exists()
+    await writer.release()
+
+    # Once nobody holds it, the lock goes with the download, and the directory with them.
+    recorded(dest, "s3://b/m", {"a.bin": b"a"})
+    assert ownership.remove_download(dest).directory_removed and not dest.exists()
