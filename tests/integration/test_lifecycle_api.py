@@ -103,6 +103,9 @@ BAD_ACTIVATIONS: list[tuple[dict[str, Any], int, str, str]] = [
     (_activation(credentials={"access_key": "AKIDONLY"}), 400, "credentials", "credentials.access_key and"),
     (_activation(credentials={"endpoint": "ftp://store"}), 400, "credentials", "credentials.endpoint"),
     (_activation(artifact_url="/etc"), 403, "artifact_url", "outside"),
+    # A store endpoint the caller chose, with no keys of its own: refused before anything is sent there.
+    (_activation(artifact_url="s3://models/m", credentials={"endpoint": "http://127.0.0.1:9"}), 403, "credentials",
+     "--allow-request-endpoints"),
     (_activation(artifact_url="file:///etc"), 400, "artifact_url", "unknown source scheme"),
     (_activation(artifact_url="pvc://../../etc"), 400, "artifact_url", ".."),
     (_activation(claim_ref={"namespace": "n", "name": "c"}), 400, "claim_ref.uid", "Field required"),

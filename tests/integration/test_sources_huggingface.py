@@ -9,7 +9,7 @@ import pytest
 
 from outrider.errors import SourceAccessDenied, SourceNotFound, SourceThrottled, SourceTransientError
 from outrider.sources import Source, SourceOptions, env_defaults, open_source, parse_source, resolve_options
-from tests.servers.huggingface import HubRepo, HubServer
+from tests.servers.huggingface import INVALID_CREDENTIALS, HubRepo, HubServer
 from tests.servers.moto import free_port
 from tests.servers.tree import BIG, BIG_RANGES, model_tree, read_all, sha256_hex
 
@@ -155,16 +155,21 @@ def test_refused_connection_is_transient() -> None:
 def test_a_request_named_endpoint_never_receives_the_pods_token(
     hub: HubServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Kthena's leak, end to end: the pod's HF_AUTH_TOKEN is configured for its own hub; a request names ours."""
+    """Kthena's leak, end to end: the pod's HF_AUTH_TOKEN is configured for its own hub; a request names ours.
+    Without a token of its own the request is refused before anything is sent; with one, only that one goes."""
     monkeypatch.setenv("HF_TOKEN", SECRET_MARK)  # where huggingface_hub itself would look for a token
     pod = env_defaults({"HF_AUTH_TOKEN": SECRET_MARK, "HF_ENDPOINT": "https://hub.pod.internal"})
-    options = resolve_options(parse_source("org/public-model"), {"hf_endpoint": hub.url}, pod)
+    with pytest.raises(SourceAccessDenied) as refused:
+        resolve_options(parse_source("org/public-model"), {"hf_endpoint": hub.url}, pod)
+    assert refused.value.field == "config" and hub.seen_auth == []
+    options = resolve_options(parse_source("org/public-model"), {"hf_endpoint": hub.url, "hf_token": TOKEN}, pod)
     source = open_source("org/public-model", options, pvc_root=None, max_workers=1)
     assert len(source.list_files()) == len(TREE)
     read_all(source, BIG, 0, 10)
     read_all(source, "config.json", 0, 5)
-    assert hub.seen_auth and all(auth is None for _, auth in hub.seen_auth)
-    # the control: the operator's flag lets the token through
+    assert any(auth == f"Bearer {TOKEN}" for _, auth in hub.seen_auth)
+    assert all(auth in (None, f"Bearer {TOKEN}") for _, auth in hub.seen_auth)  # never the pod's
+    # the control: the operator's flag lets the pod's token through
     hub.seen_auth.clear()
     allowed = resolve_options(
         parse_source("org/public-model"), {"hf_endpoint": hub.url}, pod, allow_request_endpoints=True
@@ -172,3 +177,22 @@ def test_a_request_named_endpoint_never_receives_the_pods_token(
     with pytest.raises(SourceAccessDenied):  # our hub does not know the pod's token
         open_source("org/public-model", allowed, pvc_root=None, max_workers=1).list_files()
     assert all(auth == f"Bearer {SECRET_MARK}" for _, auth in hub.seen_auth)
+
+
+def test_what_a_request_named_hub_answers_is_not_relayed(hub: HubServer) -> None:
+    pod = env_defaults({})
+    wrong = {"hf_endpoint": hub.url, "hf_token": "hf_not_the_hubs_token"}
+    quiet = open_source(
+        "org/public-model", resolve_options(parse_source("org/public-model"), wrong, pod), pvc_root=None, max_workers=1
+    )
+    with pytest.raises(SourceAccessDenied) as caught:
+        quiet.list_files()
+    assert "401" in caught.value.message and INVALID_CREDENTIALS not in caught.value.message
+    # the control: the pod's own hub is quoted
+    own = env_defaults({"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_not_the_hubs_token"})
+    said = open_source(
+        "org/public-model", resolve_options(parse_source("org/public-model"), None, own), pvc_root=None, max_workers=1
+    )
+    with pytest.raises(SourceAccessDenied) as caught:
+        said.list_files()
+    assert INVALID_CREDENTIALS in caught.value.message

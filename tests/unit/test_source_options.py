@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from outrider.errors import InvalidRequest
+from outrider.errors import InvalidRequest, SourceAccessDenied
 from outrider.sources.options import (
     SourceOptions,
     credentials_config,
@@ -15,7 +15,7 @@ from outrider.sources.options import (
     parse_config,
     resolve_options,
 )
-from outrider.sources.uri import BucketRef, HubRef
+from outrider.sources.uri import BucketRef, HubRef, SourceRef
 
 S3 = BucketRef("s3", "models", "llama")
 OBS = BucketRef("obs", "models", "llama")
@@ -218,12 +218,23 @@ def test_hf_token_endpoint_and_revision_precedence() -> None:
 # -- the endpoint rule --------------------------------------------------------------------------------------------
 
 
+def refused(ref: SourceRef, config: dict[str, str], pod: SourceOptions = POD) -> bool:
+    """Whether the request is refused for naming a foreign endpoint without credentials of its own (a 403 naming
+    `config`, before any store is contacted)."""
+    try:
+        resolve_options(ref, config, pod)
+    except SourceAccessDenied as exc:
+        assert exc.field == "config" and exc.status == 403
+        assert "--allow-request-endpoints" in exc.message
+        return True
+    return False
+
+
 @pytest.mark.parametrize("ref", [S3, OBS, TOS])
-def test_foreign_endpoint_without_own_keys_gets_no_pod_credentials(ref: BucketRef) -> None:
-    opts = resolve_options(ref, {"endpoint": "https://attacker.example"}, POD)
-    assert opts.endpoint == "https://attacker.example"
-    assert opts.access_key is None and opts.secret_key is None and opts.session_token is None
-    assert not opts.ambient_credentials  # nor boto3's default chain / IRSA
+def test_foreign_endpoint_without_own_keys_is_refused(ref: BucketRef) -> None:
+    """Anyone who may call a download route would otherwise make the pod send (unsigned) requests anywhere."""
+    assert refused(ref, {"endpoint": "https://attacker.example"})
+    assert refused(ref, {"endpoint": "http://10.0.0.9:9000", "session_token": "t"})
 
 
 @pytest.mark.parametrize("ref", [S3, OBS, TOS])
@@ -232,6 +243,7 @@ def test_foreign_endpoint_with_own_keys_uses_them(ref: BucketRef) -> None:
     opts = resolve_options(ref, json.dumps(config), POD)
     assert (opts.access_key, opts.secret_key, opts.endpoint) == ("req-ak", "req-sk", "http://10.0.0.9:9000")
     assert not opts.ambient_credentials
+    assert opts.request_endpoint  # its answers are not relayed
 
 
 @pytest.mark.parametrize(
@@ -252,7 +264,8 @@ def test_naming_the_pods_own_endpoint_keeps_the_pods_credentials(same: str) -> N
 def test_default_ports_compare_equal() -> None:
     pod = env_defaults({"ENDPOINT": "https://s3.example", "ACCESS_KEY": "ak", "SECRET_KEY": "sk"})
     assert resolve_options(S3, {"endpoint": "https://s3.example:443"}, pod).access_key == "ak"
-    assert resolve_options(S3, {"endpoint": "http://s3.example"}, pod).access_key is None  # scheme differs
+    assert not resolve_options(S3, {"endpoint": "https://s3.example:443"}, pod).request_endpoint
+    assert refused(S3, {"endpoint": "http://s3.example"}, pod)  # scheme differs
 
 
 @pytest.mark.parametrize(
@@ -265,20 +278,19 @@ def test_default_ports_compare_equal() -> None:
     ],
 )
 def test_near_misses_of_the_pods_endpoint_are_foreign(other: str) -> None:
-    assert resolve_options(S3, {"endpoint": other}, POD).access_key is None
+    assert refused(S3, {"endpoint": other})
 
 
 def test_any_endpoint_is_foreign_when_the_pod_names_none() -> None:
     pod = env_defaults({"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk"})  # real AWS, default endpoint
     assert resolve_options(S3, None, pod).access_key == "ak"
-    opts = resolve_options(S3, {"endpoint": "https://s3.amazonaws.com"}, pod)
-    assert opts.access_key is None and not opts.ambient_credentials
+    assert refused(S3, {"endpoint": "https://s3.amazonaws.com"}, pod)
 
 
 def test_tos_rule_compares_against_the_tos_endpoint() -> None:
     assert resolve_options(TOS, {"endpoint": "https://tos-cn-beijing.volces.com"}, POD).access_key == "pod-tos-ak"
     # the generic pod endpoint is not the TOS one
-    assert resolve_options(TOS, {"endpoint": "https://minio.internal:9000"}, POD).access_key is None
+    assert refused(TOS, {"endpoint": "https://minio.internal:9000"})
 
 
 def test_allow_request_endpoints_lifts_the_rule() -> None:
@@ -291,12 +303,11 @@ def test_allow_request_endpoints_lifts_the_rule() -> None:
 
 def test_foreign_hf_endpoint_never_gets_the_pods_token() -> None:
     """Kthena's leak: a caller chose hf_endpoint and the pod's HF_AUTH_TOKEN was sent there."""
-    opts = resolve_options(HF, {"hf_endpoint": "https://attacker.example"}, POD)
-    assert opts.hf_endpoint == "https://attacker.example"
-    assert opts.hf_token is None
-    assert not opts.ambient_credentials  # nor huggingface_hub's cached login
+    assert refused(HF, {"hf_endpoint": "https://attacker.example"})
     own = resolve_options(HF, {"hf_endpoint": "https://attacker.example", "hf_token": "hf_callers"}, POD)
     assert own.hf_token == "hf_callers"
+    assert not own.ambient_credentials  # nor huggingface_hub's cached login
+    assert own.request_endpoint
 
 
 def test_hf_endpoint_equal_to_the_pods_keeps_the_token() -> None:
@@ -306,7 +317,7 @@ def test_hf_endpoint_equal_to_the_pods_keeps_the_token() -> None:
 def test_pod_without_hf_endpoint_trusts_only_the_public_hub() -> None:
     pod = env_defaults({"HF_TOKEN": "hf_pod"})
     assert resolve_options(HF, {"hf_endpoint": "https://huggingface.co"}, pod).hf_token == "hf_pod"
-    assert resolve_options(HF, {"hf_endpoint": "https://hf-mirror.com"}, pod).hf_token is None
+    assert refused(HF, {"hf_endpoint": "https://hf-mirror.com"}, pod)
 
 
 def test_store_endpoint_in_a_hf_request_does_not_affect_the_hub_rule() -> None:

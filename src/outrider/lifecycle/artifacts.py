@@ -41,15 +41,15 @@ async def model_directory(
 @contextlib.contextmanager
 def naming_the_artifact() -> Iterator[None]:
     """Errors name the fields the activation calls them by: the download engine's `source` is `artifact_url`, its
-    `dest` (`<model root>/<model name>`) is `model_name`. Renamed on a clone: the download job keeps its error,
-    and other callers may be handed it."""
+    `config` is `credentials`, its `dest` (`<model root>/<model name>`) is `model_name`. Renamed on a clone: the
+    download job keeps its error, and other callers may be handed it."""
     try:
         yield
     except OutriderError as exc:
         if isinstance(exc, SourceError) and exc.field in (None, "source"):
             field = "artifact_url"
-        elif exc.field == "dest":
-            field = "model_name"
+        elif exc.field in ("dest", "config"):
+            field = "model_name" if exc.field == "dest" else "credentials"
         else:
             raise
         renamed = exc.clone()

@@ -200,6 +200,7 @@ class BucketSource(Source):
         self._bucket = ref.bucket
         self._prefix = ref.prefix
         self._secrets = secrets_of(options)
+        self._quiet = options.request_endpoint
 
     # -- the SDK calls a store implements ---------------------------------------------------------------------
 
@@ -280,6 +281,9 @@ class BucketSource(Source):
             raise exc
         failure = self._failure(exc) or Failure(f"{type(exc).__name__}: {exc}")
         message = f"{self.display}: {what}: {scrub(failure.detail, self._secrets)}"
+        if (failure.code or failure.status) and self._quiet:
+            # An endpoint the request named may be any service the pod reaches: its answer is not relayed.
+            message = f"{self.display}: {what}: {failure.status or 'an error'} from the endpoint the request named"
         if failure.code or failure.status:
             raise store_error(
                 message,

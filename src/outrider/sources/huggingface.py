@@ -74,6 +74,8 @@ class HuggingFaceSource(Source):
         # str: that token; None: huggingface_hub's own lookup (trusted endpoints only); False: never a token.
         self._token: str | bool | None = options.hf_token or (None if options.ambient_credentials else False)
         self._secrets = secrets_of(options)
+        # An endpoint the request named may be any service the pod reaches: its answers are not relayed.
+        self._quiet = options.request_endpoint
         self.display = HubRef(ref.repo, self._requested).display
         self._api = HfApi(endpoint=self._endpoint, token=self._token, library_name=LIBRARY_NAME)
         pool = max(1, max_workers) + POOL_HEADROOM
@@ -90,7 +92,7 @@ class HuggingFaceSource(Source):
         if isinstance(exc, HfHubHTTPError) and exc.response is not None:
             status = exc.response.status_code
             server = exc.server_message or str(exc).strip().splitlines()[0]
-            message = f"{self.display}: {what}: {status}: {scrub(server, self._secrets)}"
+            message = f"{self.display}: {what}: {status}: {self._said(server)}"
             if status in (401, 403):
                 raise SourceAccessDenied(
                     message + " (the repo is missing, private or gated, and the token does not grant access)"
@@ -102,7 +104,15 @@ class HuggingFaceSource(Source):
             raise SourceError(message) from None
         if _is_transport_error(exc):
             raise SourceTransientError(f"{self.display}: {what}: {scrub(str(exc), self._secrets)}") from None
-        raise SourceError(f"{self.display}: {what}: {type(exc).__name__}: {scrub(str(exc), self._secrets)}") from None
+        raise SourceError(f"{self.display}: {what}: {type(exc).__name__}: {self._said(str(exc))}") from None
+
+    def _said(self, server: str) -> str:
+        """What the hub said, for a message: credentials masked; nothing from an endpoint the request named."""
+        return (
+            "(the answer of an endpoint the request named is not shown)"
+            if self._quiet
+            else scrub(server, self._secrets)
+        )
 
     def list_files(self) -> list[RemoteFile]:
         try:
@@ -149,7 +159,7 @@ class HuggingFaceSource(Source):
     def _raise_status(self, response: httpx.Response, what: str) -> NoReturn:
         status = response.status_code
         server = response.headers.get("X-Error-Message") or response.reason_phrase or "no message"
-        message = f"{self.display}: {what}: {status}: {scrub(server, self._secrets)}"
+        message = f"{self.display}: {what}: {status}: {self._said(server)}"
         if status in (401, 403):
             raise SourceAccessDenied(message)
         if status == 404:

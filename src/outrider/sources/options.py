@@ -10,9 +10,13 @@ Order of precedence, highest first:
 
 The security rule (Kthena sent its own `HF_AUTH_TOKEN` to any `hf_endpoint` a caller chose): the pod's own
 credentials only ever go to the pod's own endpoint. A request that names a different endpoint must bring its own
-credentials; without them the source is read anonymously (never with the pod's keys, the default AWS credential
-chain, or a Hugging Face token cached on disk). `allow_request_endpoints=True` (the operator's
-`--allow-request-endpoints`) lifts the rule.
+credentials (`access_key` and `secret_key`, or `hf_token`), which are the only ones sent there (never the pod's
+keys, the default AWS credential chain, or a Hugging Face token cached on disk); without them it is refused (403
+naming `config`) before anything is sent: anyone who may call the route could otherwise make the pod send requests
+to any address it can reach, an internal one included. What such an endpoint answers is never relayed either
+(`SourceOptions.request_endpoint`): an error names its HTTP status only. `allow_request_endpoints=True` (the
+operator's `--allow-request-endpoints`) lifts the rule: the pod's credentials then go to the endpoint a request
+names, and an anonymous request is sent there.
 
 Only `cli.py` reads `os.environ`; it hands the mapping to `env_defaults`.
 """
@@ -27,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from outrider.errors import InvalidRequest
+from outrider.errors import InvalidRequest, SourceAccessDenied
 from outrider.logs import register_secrets
 from outrider.sources.uri import BucketRef, HubRef, SourceRef
 
@@ -93,6 +97,8 @@ class SourceOptions:
     `ambient_credentials`: whether a store may fall back to credentials it finds on its own when none are given
     here (boto3's default chain and IRSA, huggingface_hub's cached token). False when the request named a foreign
     endpoint: then only what the request brought is sent.
+    `request_endpoint`: the endpoint is one a request named, not the pod's: a store's errors then carry its HTTP
+    status or error code class only, never what it answered (it may be any service the pod can reach).
     """
 
     access_key: str | None = dataclasses.field(default=None, repr=False)
@@ -108,6 +114,7 @@ class SourceOptions:
     hf_endpoint: str | None = None
     hf_revision: str | None = None
     ambient_credentials: bool = True
+    request_endpoint: bool = False
 
 
 def _first(environ: Mapping[str, str], *names: str) -> str | None:
@@ -291,6 +298,8 @@ def resolve_options(
         hf_endpoint = request.get("hf_endpoint", env.hf_endpoint)
         pod_hf = env.hf_endpoint or DEFAULT_HF_ENDPOINT
         hf_foreign = "hf_endpoint" in request and not _same_endpoint(hf_endpoint, pod_hf)
+        if hf_foreign and "hf_token" not in request and not allow_request_endpoints:
+            raise _anonymous_endpoint("hf_endpoint", "hf_token")
         trust_pod = allow_request_endpoints or not hf_foreign
         hf_token = request.get("hf_token") or (env.hf_token if trust_pod else None)
         return SourceOptions(
@@ -298,10 +307,13 @@ def resolve_options(
             hf_endpoint=hf_endpoint,
             hf_revision=request.get("hf_revision", env.hf_revision),
             ambient_credentials=trust_pod,
+            request_endpoint=hf_foreign,
         )
 
     endpoint = request.get("endpoint", pod_endpoint)
     foreign = "endpoint" in request and not _same_endpoint(endpoint, pod_endpoint)
+    if foreign and "access_key" not in request and not allow_request_endpoints:
+        raise _anonymous_endpoint("endpoint", "access_key and secret_key")
     trust_pod = allow_request_endpoints or not foreign
     if "access_key" in request:
         # Credentials travel as a unit: never a request key with the pod's secret.
@@ -317,4 +329,14 @@ def resolve_options(
         endpoint=endpoint,
         region=request.get("region", pod_region),
         ambient_credentials=trust_pod,
+        request_endpoint=foreign,
+    )
+
+
+def _anonymous_endpoint(key: str, credentials: str) -> SourceAccessDenied:
+    return SourceAccessDenied(
+        f"config.{key} names an endpoint other than the pod's, and the request brings no credentials for it "
+        f"({credentials}): outrider contacts such an endpoint only with the request's own credentials "
+        "(--allow-request-endpoints lifts this rule)",
+        field="config",
     )
