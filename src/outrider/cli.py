@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource
 from outrider import __version__, download_cmd, logs
 from outrider.lifecycle.arguments import engine_environment
 from outrider.lifecycle.options import LifecycleSettings
-from outrider.option_types import LogFormat, LogLevel, option
+from outrider.option_types import LogFormat, LogLevel, option, rank_endpoint
 from outrider.settings import Settings, SettingsError
 from outrider.sources.options import SourceOptions, env_defaults
 from outrider.transfer.opener import SourceOpener
@@ -207,6 +207,12 @@ def serve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
     )
     if "metrics_max_age" not in raw:
         settings = dataclasses.replace(settings, metrics_max_age=3 * settings.scrape_interval)
+    for endpoint in (settings.kv_events_endpoint, settings.kv_events_replay_endpoint):
+        try:  # every rank's endpoint must exist: the last rank's is the furthest from rank 0's
+            if endpoint is not None and settings.kv_events_ranks is not None:
+                rank_endpoint(endpoint, settings.kv_events_ranks - 1)
+        except ValueError as exc:
+            raise SettingsError(f"--kv-events-ranks: {exc}") from None
     return settings
 
 

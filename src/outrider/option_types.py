@@ -126,10 +126,30 @@ LogLevel = Annotated[str, _text(_one_of("debug", "info", "warning", "error"))]
 LogFormat = Annotated[str, _text(_one_of("json", "text"))]
 Dir = Annotated[str, _text(_absolute_dir), AfterValidator(lambda p: p.rstrip("/") or "/")]
 Size = Annotated[int, _text(size), Field(ge=64 * 1024, le=4 * 1024**3)]
-Zmq = Annotated[
-    str, _text(_matching(r"tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}|ipc://.+", "a ZMQ endpoint"))
-]
+ZMQ_ENDPOINT = r"tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}|ipc://.+"
+Zmq = Annotated[str, _text(_matching(ZMQ_ENDPOINT, "a ZMQ endpoint"))]
 RedisUrl = Annotated[SecretStr, _text(_redis_url)]
+# Data-parallel ranks publishing KV events: far above any deployment's, low enough to bound threads and ports.
+MAX_KV_RANKS = 256
+KvRanks = Annotated[int, Field(ge=1, le=MAX_KV_RANKS)]
+
+
+def rank_endpoint(endpoint: str, rank: int) -> str:
+    """Where rank `rank` publishes when rank 0 publishes at `endpoint`: vLLM's rule (ZmqEventPublisher's
+    offset_endpoint_port), the tcp port plus the rank; port 0 (the OS picks) stays. ipc endpoints have no rank
+    beyond 0 (vLLM refuses them): ValueError, as for a port beyond 65535."""
+    if rank == 0:
+        return endpoint
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"{endpoint!r} has no port to add rank {rank} to (vLLM publishes ranks > 0 on tcp only)")
+    base, _, port = endpoint.rpartition(":")
+    if int(port) == 0:
+        return endpoint
+    if int(port) + rank > 65535:
+        raise ValueError(f"rank {rank} of {endpoint!r} would publish on port {int(port) + rank}, beyond 65535")
+    return f"{base}:{int(port) + rank}"
+
+
 Workers = Annotated[int, Field(ge=1, le=MAX_DOWNLOAD_WORKERS)]
 BlockSize = Annotated[int, Field(ge=1, le=1_000_000)]
 Suffixes = Annotated[tuple[str, ...], _text(parse_suffixes)]

@@ -18,6 +18,7 @@ from outrider.option_types import (
     BlockSize,
     Dir,
     Engine,
+    KvRanks,
     LogFormat,
     LogLevel,
     Port,
@@ -84,6 +85,11 @@ class Settings:
     kv_events_topic: str = option("", "topic to subscribe to (default: all)", "--kv-events-topic")
     kv_events_replay_endpoint: Zmq | None = option(
         None, "engine's KV-event replay endpoint (default: asked of vLLM)", "--kv-events-replay-endpoint"
+    )
+    kv_events_ranks: KvRanks | None = option(
+        None,
+        "data-parallel ranks publishing, rank r on the endpoint's port + r (default: asked of vLLM, else 1)",
+        "--kv-events-ranks",
     )
     kv_hash_block_size: BlockSize = option(16, "tokens per hash: the router's blockSizeToHash", "--kv-hash-block-size")
     redis_url: RedisUrl | None = option(None, "Redis for the KV index (default: from REDIS_HOST)", "--redis-url")

@@ -26,6 +26,7 @@ class FakeEngine(LoopbackServer):
         self.status = 200
         self.metrics_requests = 0
         self.seen_headers: list[dict[str, str]] = []
+        self.kv_event_sources: dict[str, object] | None = None  # vLLM's GET /kv_event_sources answer; None: 404
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -68,4 +69,6 @@ class FakeEngine(LoopbackServer):
                 "data": [{"id": self.model, "object": "model", "root": "/m", "parent": None}],
             }
             return 200, "application/json", json.dumps(body).encode()
+        if method == "GET" and path == "/kv_event_sources" and self.kv_event_sources is not None:
+            return 200, "application/json", json.dumps(self.kv_event_sources).encode()
         return 404, "application/json", b'{"detail": "Not Found"}'

@@ -49,8 +49,8 @@ def cleared(fmt: str = "map") -> Any:
     return {"type": "AllBlocksCleared"} if fmt == "map" else ["AllBlocksCleared"]
 
 
-def batch(events: list[Any], ts: float | None = None) -> bytes:
-    return bytes(msgpack.packb([time.time() if ts is None else ts, events, 0]))
+def batch(events: list[Any], ts: float | None = None, rank: int = 0) -> bytes:
+    return bytes(msgpack.packb([time.time() if ts is None else ts, events, rank]))
 
 
 class KvPublisher:

@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 from outrider.kvevents.index import PodIndex
 from outrider.kvevents.indexer import KvIndexer
 from outrider.kvevents.metrics import KvMetrics
+from outrider.kvevents.ranks import RankEndpoints
 from outrider.kvevents.redis_writer import RedisWriter
 from outrider.kvevents.subscriber import Subscriber
+from tests.fakes.engine import FakeEngine
 from tests.fakes.kv_publisher import KvPublisher, batch, cleared, removed, stored
 from tests.integration.conftest import wait_until
 from tests.redis_server import RedisServer, redis_server
@@ -186,3 +188,45 @@ async def test_a_lost_connection_means_the_engines_cache_is_gone(redis_srv: Redi
     finally:
         pub.close()
     assert port > 0
+
+
+def source(pub: KvPublisher) -> dict[str, object]:
+    """One rank's entry in vLLM's /kv_event_sources answer (its KVEventsConfig fields)."""
+    return {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": pub.endpoint,
+            "replay_endpoint": pub.replay_endpoint, "topic": "kv-events"}  # fmt: skip
+
+
+async def test_ranks_listed_by_the_engine_are_followed_and_a_rank_that_goes_is_forgotten(
+    nursery: trio.Nursery, engine_pages: dict[str, str], redis_srv: RedisServer
+) -> None:
+    rank0, rank1 = KvPublisher(), KvPublisher()
+    engine = FakeEngine(engine_pages["vllm-0.34.0-dp2.prom"])
+    engine.kv_event_sources = {"0": source(rank0), "1": source(rank1)}
+    await engine.start(nursery)
+    metrics = KvMetrics(CollectorRegistry())
+    indexer = KvIndexer(
+        subscriber=Subscriber(rank0.endpoint, "kv-events", metrics), writer=RedisWriter(redis_srv.url, POD),
+        index=PodIndex(16), metrics=metrics, model=lambda: MODEL, engine_base_url=lambda: engine.base_url,
+    )  # fmt: skip
+    try:
+        async with trio.open_nursery() as inner:
+            await inner.start(indexer.run)
+            await trio.to_thread.run_sync(rank0.wait_for_subscriber)
+            await trio.to_thread.run_sync(rank1.wait_for_subscriber)  # found through the route
+            rank0.publish(batch([stored([11, 12], None, A, 32)]))
+            rank1.publish(batch([stored([11], None, A[:32], 32), stored([21], None, B, 32)], rank=1))
+            await wait_for_keys(redis_srv, keys_for(A) | keys_for(B), "both ranks' blocks")
+            rank1.publish(batch([removed([11])], rank=1))  # rank 0 still holds A's first block
+            rank0.publish(batch([removed([12])]))
+            await wait_for_keys(redis_srv, keys_for(A[:32]) | keys_for(B), "A's first block, held by rank 0")
+
+            # The engine scaled down to one rank: rank 1's blocks leave with it, rank 0's stay.
+            await indexer.follow({0: RankEndpoints(rank0.endpoint, rank0.replay_endpoint)})
+            await wait_for_keys(redis_srv, keys_for(A[:32]), "rank 0's block only")
+            rank1.publish(batch([stored([31], None, C, 48)], rank=1))  # nobody listens to it any more
+            rank0.publish(batch([stored([41], None, D, 16)]))
+            await wait_for_keys(redis_srv, keys_for(A[:32]) | keys_for(D), "rank 0's blocks only")
+            inner.cancel_scope.cancel()
+    finally:
+        rank0.close()
+        rank1.close()

@@ -134,3 +134,39 @@ def test_pending_changes_are_bounded_by_a_full_resync() -> None:
     index2 = PodIndex(16, max_blocks=5)
     index2.apply(store_events(engine_blocks(list(range(160)), 16), 16, 10), ts=1)
     assert index2.tracked_blocks == 0 and index2.overflows == 1 and index2.full_resync
+
+
+def test_data_parallel_ranks_hold_their_own_blocks_and_the_pod_advertises_their_union() -> None:
+    # The same prompt cached on two ranks gives the same engine hashes on both; each rank's stream is its own.
+    rng = random.Random(7)
+    shared = [rng.randrange(50_000) for _ in range(128)]
+    other = [rng.randrange(50_000) for _ in range(64)]
+    first, second = engine_blocks(shared, 64)
+    (alone,) = engine_blocks(other, 64, salt="1")
+    index = PodIndex(16)
+    index.apply(store_events([first, second], 64, 2), 1, rank=0)
+    index.apply(store_events([first], 64, 1) + store_events([alone], 64, 1), 2, rank=1)
+    assert set(index.snapshot()) == router_chunks(shared) | router_chunks(other)
+    assert index.tracked_blocks == 4
+
+    index.take()
+    index.apply([BlockRemoved((first[0], second[0]), "GPU")], 3, rank=0)
+    # The first block's chunks stay: rank 1 still holds it. Only the second block's are deleted.
+    assert set(index.snapshot()) == router_chunks(shared[:64]) | router_chunks(other)
+    full, changes = index.take()
+    assert not full and {k for k, ts in changes.items() if ts is None} == router_chunks(shared[64:])
+
+    index.apply(store_events([first, second], 64, 1), 4, rank=0)
+    index.apply([AllBlocksCleared()], 5, rank=1)  # rank 1's blocks only
+    assert set(index.snapshot()) == router_chunks(shared)
+    assert index.tracked_blocks == 2 and index.take()[0]  # a full resync writes exactly what rank 0 holds
+
+
+def test_a_child_is_placed_by_its_parent_on_its_own_rank_only() -> None:
+    tokens = list(range(128))
+    (first, second) = engine_blocks(tokens, 64)
+    index = PodIndex(16)
+    index.apply(store_events([first], 64, 1), 1, rank=0)
+    stats = index.apply([BlockStored((second[0],), first[0], tuple(second[1]), 64)], 2, rank=1)
+    assert stats.unplaced_blocks == 1  # rank 1 never stored the parent
+    assert set(index.snapshot()) == router_chunks(tokens[:64])

@@ -25,7 +25,9 @@ class IdleSubscriber(Subscriber):
     """Starts and then delivers nothing."""
 
     def __init__(self) -> None:
-        self.replay_endpoint = "tcp://127.0.0.1:1"  # known, so the indexer does not look for one
+        self.endpoint = "tcp://127.0.0.1:1"
+        self.replay_endpoint = "tcp://127.0.0.1:2"
+        self.rank = self.epoch = 0  # one rank, and no engine to ask for others
 
     async def run(
         self, send: trio.MemorySendChannel[list[Item]], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

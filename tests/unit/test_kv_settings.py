@@ -21,6 +21,21 @@ def test_kthena_redis_env_builds_the_url_and_the_password_stays_out_of_repr() ->
     assert "p@ss" not in repr(s) and "p%40ss" not in repr(s)
 
 
+def test_kv_events_ranks_default_to_asking_the_engine() -> None:
+    assert settings_for(["-E", "vllm"]).kv_events_ranks is None
+    argv = [
+        "-E",
+        "sglang",
+        "--kv-events-endpoint",
+        "tcp://*:5557",
+        "--kv-events-ranks",
+        "4",
+        "--redis-url",
+        "redis://r/0",
+    ]
+    assert settings_for(argv).kv_events_ranks == 4
+
+
 def test_redis_url_flag_wins_over_redis_host() -> None:
     s = settings_for(["-E", "vllm", "--redis-url", "redis://127.0.0.1:1/0"], {"REDIS_HOST": "elsewhere"})
     assert s.redis_url and s.redis_url.get_secret_value() == "redis://127.0.0.1:1/0"
@@ -34,6 +49,26 @@ def test_redis_url_flag_wins_over_redis_host() -> None:
         (["--redis-url", "http://user:secret@r/0"], {}, "--redis-url"),
         (["--kv-hash-block-size", "0"], {}, "--kv-hash-block-size"),
         ([], {"REDIS_HOST": "r", "REDIS_DB": "x"}, "REDIS_DB"),
+        (["--kv-events-ranks", "0"], {}, "--kv-events-ranks"),
+        (
+            ["--kv-events-ranks", "2", "--kv-events-endpoint", "ipc:///tmp/kv", "--redis-url", "redis://r:1/0"],
+            {},
+            "--kv-events-ranks: 'ipc:///tmp/kv' has no port",
+        ),
+        (
+            [
+                "--kv-events-ranks",
+                "3",
+                "--kv-events-endpoint",
+                "tcp://*:5557",
+                "--kv-events-replay-endpoint",
+                "tcp://*:65534",
+                "--redis-url",
+                "redis://r:1/0",
+            ],
+            {},
+            "port 65536, beyond 65535",
+        ),
     ],
 )
 def test_bad_kv_settings_name_the_setting(argv: list[str], env: dict[str, str], message: str) -> None:

@@ -16,6 +16,12 @@ prefix cache) refreshes its keys' timestamps and changes no count. Keys of block
 advertised under the adapter's name, which is the model name a request for that adapter carries; blocks that name
 only a numeric `lora_id` (old wire format) cannot be attributed and are skipped.
 
+Under data parallelism every rank has its own cache and its own event stream: blocks are tracked per rank (a
+parent is looked up in its own rank; two ranks may hold blocks of the same hash), while the reference counts of
+the advertised keys are the pod's, over all ranks. So a block removed on one rank leaves its keys advertised while
+another rank still holds a block producing them, and `AllBlocksCleared` (or a lost stream) on one rank forgets
+only that rank's blocks.
+
 Output for the writer: `pending` (key -> timestamp to write, or None to delete) and `full_resync` (rewrite this pod's
 whole advertisement: after AllBlocksCleared, a restart, lost events, or when `pending` outgrows its bound).
 """
@@ -73,7 +79,7 @@ class PodIndex:
         self.chunk_tokens = chunk_tokens
         self.max_blocks = max_blocks
         self.max_pending = max_pending
-        self._blocks: dict[BlockKey, _Block] = {}
+        self._ranks: dict[int, dict[BlockKey, _Block]] = {}  # data-parallel rank -> its blocks
         self._ads: dict[AdKey, _Ad] = {}
         self.pending: dict[AdKey, int | None] = {}
         self.full_resync = False
@@ -81,7 +87,7 @@ class PodIndex:
 
     @property
     def tracked_blocks(self) -> int:
-        return len(self._blocks)
+        return sum(len(blocks) for blocks in self._ranks.values())
 
     @property
     def advertised(self) -> int:
@@ -93,8 +99,20 @@ class PodIndex:
 
     def clear(self) -> None:
         """Forget everything and ask for a full resync (which then deletes every field this pod owns)."""
-        self._blocks.clear()
+        self._ranks.clear()
         self._ads.clear()
+        self.pending.clear()
+        self.full_resync = True
+
+    def clear_rank(self, rank: int) -> None:
+        """Forget one rank's blocks (its keys stay while another rank's blocks produce them) and ask for a full
+        resync, which writes exactly what the other ranks still hold."""
+        for block in self._ranks.pop(rank, {}).values():
+            for ad in block.ads:
+                entry = self._ads[ad]
+                entry.refs -= 1
+                if entry.refs == 0:
+                    del self._ads[ad]
         self.pending.clear()
         self.full_resync = True
 
@@ -104,17 +122,18 @@ class PodIndex:
         self.full_resync, self.pending = False, {}
         return full, changes
 
-    def apply(self, events: tuple[Event, ...] | list[Event], ts: int) -> ApplyStats:
+    def apply(self, events: tuple[Event, ...] | list[Event], ts: int, rank: int = 0) -> ApplyStats:
+        """Apply one batch of `rank`'s events, stamped `ts` (unix seconds)."""
         stats = ApplyStats()
         for event in events:
             if isinstance(event, BlockStored):
-                self._stored(event, ts, stats)
+                self._stored(self._ranks.setdefault(rank, {}), event, ts, stats)
             elif isinstance(event, BlockRemoved):
-                self._removed(event, stats)
+                self._removed(self._ranks.get(rank, {}), event, stats)
             elif isinstance(event, AllBlocksCleared):
-                self.clear()
+                self.clear_rank(rank)
                 stats.cleared = True
-        if len(self._blocks) > self.max_blocks:
+        if self.tracked_blocks > self.max_blocks:
             self.overflows += 1
             self.clear()
         elif len(self.pending) > self.max_pending and not self.full_resync:
@@ -125,7 +144,7 @@ class PodIndex:
             self.full_resync = True
         return stats
 
-    def _stored(self, event: BlockStored, ts: int, stats: ApplyStats) -> None:
+    def _stored(self, blocks: dict[BlockKey, _Block], event: BlockStored, ts: int, stats: ApplyStats) -> None:
         c = self.chunk_tokens
         ns = (event.medium, event.group_idx or 0)  # formats without groups have one: group 0
         n = len(event.block_hashes)
@@ -146,7 +165,7 @@ class PodIndex:
         if event.parent_block_hash is None:
             start, carry = 0, tuple[int, ...]()
         else:
-            parent = self._blocks.get((*ns, event.parent_block_hash))
+            parent = blocks.get((*ns, event.parent_block_hash))
             if parent is None:
                 stats.unplaced_blocks += n
                 return
@@ -154,7 +173,7 @@ class PodIndex:
         for i, engine_hash in enumerate(event.block_hashes):
             block_tokens = tokens[i * size : (i + 1) * size]
             key: BlockKey = (*ns, engine_hash)
-            known = self._blocks.get(key)
+            known = blocks.get(key)
             if known is not None:
                 for ad in known.ads:  # stored again: refresh the timestamp only
                     self._ads[ad].ts = ts
@@ -166,7 +185,7 @@ class PodIndex:
             ads = tuple((model, chunk_hash(stream[j * c : (j + 1) * c])) for j in range(full))
             carry = stream[full * c :]
             start += len(block_tokens)
-            self._blocks[key] = _Block(start, carry, ads)
+            blocks[key] = _Block(start, carry, ads)
             for ad in ads:
                 entry = self._ads.get(ad)
                 if entry is None:
@@ -176,9 +195,9 @@ class PodIndex:
                     entry.ts = ts
                 self._mark(ad, ts)
 
-    def _removed(self, event: BlockRemoved, stats: ApplyStats) -> None:
+    def _removed(self, blocks: dict[BlockKey, _Block], event: BlockRemoved, stats: ApplyStats) -> None:
         for engine_hash in event.block_hashes:
-            block = self._blocks.pop((event.medium, event.group_idx or 0, engine_hash), None)
+            block = blocks.pop((event.medium, event.group_idx or 0, engine_hash), None)
             if block is None:
                 stats.unknown_removals += 1
                 continue

@@ -1,7 +1,9 @@
 """The KV-event indexer: subscriber thread -> PodIndex -> Redis, as one loop for the service's nursery.
 
-Three tasks share the index, all on the event loop (so the index needs no lock):
-- the subscriber (its own thread) delivers items into a bounded channel;
+Three kinds of task share the index, all on the event loop (so the index needs no lock):
+- one subscriber per data-parallel rank of the engine (each its own thread) delivers items into one bounded
+  channel; which ranks, and where they publish, comes from the engine (see ranks.py) and is asked again every
+  `REDISCOVERY_INTERVAL`, so ranks that come, go or move are followed;
 - the consumer applies them to the index and wakes the flusher;
 - the flusher takes the pending changes and writes them in one pipelined call in a worker thread. While a write is in
   flight the consumer keeps consuming; changes to a key coalesce, so a slow Redis costs round trips, not memory.
@@ -28,8 +30,9 @@ import trio
 from outrider.backoff import Backoff
 from outrider.kvevents.index import PodIndex
 from outrider.kvevents.metrics import KvMetrics
+from outrider.kvevents.ranks import Plan, RankEndpoints, offset_plan, plan_from_sources
 from outrider.kvevents.redis_writer import RedisWriter
-from outrider.kvevents.subscriber import Item, Received, Reset, Subscriber
+from outrider.kvevents.subscriber import Item, Received, Reset, Subscriber, connect_address
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,11 @@ MAX_LAG_SAMPLES = 10_000
 CLEANUP_TIMEOUT = 5.0
 # Redis writes: retried soon (a blip should not delay the router's view), at most every 10 s during an outage.
 FLUSH_BACKOFF = Backoff(initial=0.1, cap=10.0)
-# Asking the engine for its replay endpoint: it may still be starting; once a minute or two is plenty after that.
+# Asking the engine for its ranks' endpoints: it may still be starting, so soon and then less often.
 DISCOVERY_BACKOFF = Backoff(initial=1.0, cap=30.0)
+# Asking again once answered: data-parallel ranks can be added or removed at run time (vLLM's elastic scaling) and
+# an engine restarted on port 0 publishes elsewhere; one small GET per interval.
+REDISCOVERY_INTERVAL = 30.0
 # A batch timestamp further than this from our clock is not believed (clock skew, or a broken publisher).
 MAX_CLOCK_SKEW = 3600.0
 
@@ -56,16 +62,27 @@ class KvIndexer:
         index: PodIndex,
         metrics: KvMetrics,
         model: Callable[[], str | None],
-        engine_base_url: str | None = None,
+        engine_base_url: Callable[[], str | None] | None = None,
+        ranks: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        """`subscriber` is rank 0's. `engine_base_url` (read at each discovery, so it may follow a changing engine)
+        is where vLLM lists its ranks' publishers; without it, or when the engine lacks the route, `ranks` ranks
+        publish by vLLM's port rule (one when None)."""
         self.subscriber = subscriber
         self.writer = writer
         self.index = index
         self.metrics = metrics
         self._model = model
         self._engine_base_url = engine_base_url
+        self._ranks = ranks or 1
+        self._configured = RankEndpoints(subscriber.endpoint, subscriber.replay_endpoint)
         self._headers = headers or {}
+        # The running subscriptions: rank -> (subscriber, its cancel scope). Items of a replaced one are stale.
+        self._running: dict[int, tuple[Subscriber, trio.CancelScope]] = {}
+        self._epochs = 0
+        self._nursery: trio.Nursery | None = None
+        self._send: trio.MemorySendChannel[list[Item]] | None = None
         self._dirty = trio.Event()
         self._lag_ts: list[float] = []
         self._reason: str | None = "restart"  # a fresh start rewrites: a previous life may have left fields behind
@@ -78,11 +95,14 @@ class KvIndexer:
         send, recv = trio.open_memory_channel[list[Item]](CHANNEL_LISTS)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.subscriber.run, send)
+                self._nursery, self._send = nursery, send
+                await self._subscribe(self.subscriber)  # a malformed endpoint raises here, at start
                 nursery.start_soon(self._consume, recv)
                 nursery.start_soon(self._flush_loop)
-                if self.subscriber.replay_endpoint is None and self._engine_base_url is not None:
-                    nursery.start_soon(self._discover_replay)
+                if self._engine_base_url is not None:
+                    nursery.start_soon(self._discover)
+                else:
+                    await self.follow(offset_plan(*self._rank0(), self._ranks))
                 self._dirty.set()
                 task_status.started()
         finally:
@@ -122,8 +142,11 @@ class KvIndexer:
     def apply(self, items: list[Item]) -> None:
         m = self.metrics
         for item in items:
+            current = self._running.get(item.rank)
+            if (current is None and item.rank != 0) or (current is not None and current[0].epoch != item.epoch):
+                continue  # from a subscription since stopped or replaced (rank 0's never is): its rank was cleared
             if isinstance(item, Reset):
-                self.index.clear()
+                self.index.clear_rank(item.rank)
                 self._reason = item.reason
                 self._lag_ts.clear()
                 continue
@@ -132,7 +155,7 @@ class KvIndexer:
             now = time.time()
             ts = batch.ts if math.isfinite(batch.ts) and abs(batch.ts - now) < MAX_CLOCK_SKEW else now
             overflows = self.index.overflows
-            stats = self.index.apply(batch.events, int(ts))
+            stats = self.index.apply(batch.events, int(ts), item.rank)
             if stats.cleared:
                 self._reason = "cleared"
             if self.index.overflows != overflows:
@@ -204,28 +227,97 @@ class KvIndexer:
         self.writes += 1
         return True
 
-    # -- replay endpoint discovery (vLLM serves its publisher settings) --
+    # -- the ranks: which publishers, discovered from the engine --
 
-    async def _discover_replay(self) -> None:
+    def _rank0(self) -> tuple[str, str | None]:
+        return self._configured.endpoint, self._configured.replay
+
+    async def _subscribe(self, subscriber: Subscriber) -> None:
+        assert self._nursery is not None and self._send is not None
+        scope = trio.CancelScope()
+        self._running[subscriber.rank] = (subscriber, scope)
+        try:
+            await self._nursery.start(self._run_subscriber, subscriber, scope, self._send)
+        except BaseException:
+            del self._running[subscriber.rank]
+            raise
+
+    @staticmethod
+    async def _run_subscriber(
+        subscriber: Subscriber,
+        scope: trio.CancelScope,
+        send: trio.MemorySendChannel[list[Item]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            await subscriber.run(send, task_status=task_status)
+
+    def _stop(self, rank: int) -> None:
+        """Stop a rank's subscription and forget its blocks (its later items are dropped by their epoch)."""
+        _, scope = self._running.pop(rank)
+        scope.cancel()
+        self.index.clear_rank(rank)
+        self._reason = "restart"
+        self._dirty.set()
+
+    async def follow(self, plan: Plan) -> None:
+        """Subscribe to the ranks of `plan` (rank 0's publisher is the configured one and keeps running), stop the
+        ones it lacks, and restart the ones whose publisher moved."""
+        for rank in sorted(set(self._running) - set(plan) - {0}):
+            log.info("KV events: rank %d no longer publishes; its blocks are no longer advertised", rank)
+            self._stop(rank)
+        for rank, wanted in sorted(plan.items()):
+            running = self._running.get(rank)
+            if running is not None and rank == 0:
+                if wanted.replay is not None and running[0].replay_endpoint != wanted.replay:
+                    running[0].replay_endpoint = wanted.replay
+                    log.info("KV events: rank 0 offers replay at %s", wanted.replay)
+                continue
+            if running is not None and (running[0].endpoint, running[0].replay_endpoint) == _connect(wanted):
+                continue
+            if running is not None:
+                log.info("KV events: rank %d moved to %s", rank, wanted.endpoint)
+                self._stop(rank)
+            self._epochs += 1
+            subscriber = self.subscriber.for_rank(rank, wanted.endpoint, wanted.replay, self._epochs)
+            try:
+                await self._subscribe(subscriber)
+            except Exception as exc:  # an endpoint the engine offered that zmq refuses: the other ranks go on
+                log.warning("KV events: cannot subscribe to rank %d at %s: %s", rank, wanted.endpoint, _short(exc))
+                continue
+            log.info("KV events: subscribed to rank %d at %s", rank, subscriber.endpoint)
+
+    async def _discover(self) -> None:
         assert self._engine_base_url is not None
-        url = self._engine_base_url.rstrip("/") + "/kv_event_sources"
         delays = DISCOVERY_BACKOFF.delays()
         async with httpx.AsyncClient(timeout=5.0, headers=self._headers) as client:
-            while self.subscriber.replay_endpoint is None:
-                try:
-                    r = await client.get(url)
-                    if r.status_code == 404:
-                        return  # an engine without the route (SGLang, older vLLM): no replay
-                    r.raise_for_status()
-                    found = replay_endpoint_from_sources(r.json())
-                    if found is None:
-                        return  # the engine publishes without a replay endpoint
-                    self.subscriber.replay_endpoint = found
-                    log.info("KV events: the engine offers replay at %s", found)
-                    return
-                except (httpx.HTTPError, ValueError) as exc:
-                    log.debug("KV events: replay discovery: %s", _short(exc))
-                await trio.sleep(next(delays))
+            while True:
+                base = self._engine_base_url()
+                plan = None if base is None else await self._ask(client, base.rstrip("/") + "/kv_event_sources")
+                if plan is None:
+                    await trio.sleep(next(delays))
+                    continue
+                await self.follow(plan)
+                delays = DISCOVERY_BACKOFF.delays()
+                await trio.sleep(REDISCOVERY_INTERVAL)
+
+    async def _ask(self, client: httpx.AsyncClient, url: str) -> Plan | None:
+        """The engine's ranks; the port rule when it lacks the route (SGLang, older vLLM); None: ask again soon."""
+        try:
+            r = await client.get(url)
+            if r.status_code == 404:
+                return offset_plan(*self._rank0(), self._ranks)
+            r.raise_for_status()
+            return plan_from_sources(r.json(), *self._rank0())
+        except (httpx.HTTPError, ValueError) as exc:
+            log.debug("KV events: asking %s for the ranks: %s", url, _short(exc))
+            return None
+
+
+def _connect(wanted: RankEndpoints) -> tuple[str, str | None]:
+    """The endpoints as a Subscriber holds them (it connects to a bind wildcard on this host)."""
+    return connect_address(wanted.endpoint), wanted.replay
 
 
 class _Closer:
@@ -248,17 +340,6 @@ class _Closer:
     def claim_and_close(self, who: str) -> None:
         if self.claim(who):
             self.close()
-
-
-def replay_endpoint_from_sources(sources: object) -> str | None:
-    """The replay endpoint of data-parallel rank 0 in vLLM's `/kv_event_sources` answer, if it names one."""
-    if not isinstance(sources, dict):
-        raise ValueError("kv_event_sources is not an object")
-    rank0 = sources.get("0", sources.get(0))
-    if not isinstance(rank0, dict):
-        return None
-    endpoint = rank0.get("replay_endpoint")
-    return endpoint if isinstance(endpoint, str) and endpoint else None
 
 
 def _short(exc: BaseException) -> str:

@@ -48,13 +48,17 @@ RESTART_BACKOFF = Backoff(initial=0.5, cap=10.0)
 class Received:
     seq: int
     batch: Batch
+    rank: int = 0  # the data-parallel rank whose publisher sent it (each rank is its own stream)
+    epoch: int = 0  # which subscription to that rank: items of one that was replaced are stale
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reset:
-    """The engine's cache state is unknown from here on: forget it and rewrite the advertisement."""
+    """One rank's cache state is unknown from here on: forget that rank's blocks and rewrite the advertisement."""
 
     reason: str  # "restart", "gap" or "overflow"
+    rank: int = 0
+    epoch: int = 0
 
 
 Item = Received | Reset
@@ -66,12 +70,25 @@ def connect_address(endpoint: str) -> str:
 
 
 class Subscriber:
-    """Subscribes to one engine publisher. `replay_endpoint` may be set (or changed) while it runs."""
+    """Subscribes to one engine publisher (one data-parallel rank's). `replay_endpoint` may be set (or changed)
+    while it runs. Every item it delivers carries its `rank` and `epoch`."""
 
-    def __init__(self, endpoint: str, topic: str, metrics: KvMetrics, *, replay_endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        topic: str,
+        metrics: KvMetrics,
+        *,
+        replay_endpoint: str | None = None,
+        rank: int = 0,
+        epoch: int = 0,
+    ) -> None:
         self.endpoint = connect_address(endpoint)
+        self.topic_text = topic
         self.topic = topic.encode()
         self.replay_endpoint = replay_endpoint
+        self.rank = rank
+        self.epoch = epoch
         self._metrics = metrics
         self._expected: int | None = None  # next sequence number; None right after (re)connecting
         self._overflowed = False
@@ -107,6 +124,15 @@ class Subscriber:
             self._overflowed = True  # whatever was in flight is lost: the next delivery starts with a reset
 
     # -- everything below runs in the worker thread --
+
+    def for_rank(self, rank: int, endpoint: str, replay_endpoint: str | None, epoch: int) -> Subscriber:
+        """A subscriber like this one (topic, metrics) for another rank's publisher."""
+        return Subscriber(
+            endpoint, self.topic_text, self._metrics, replay_endpoint=replay_endpoint, rank=rank, epoch=epoch
+        )
+
+    def _reset(self, reason: str) -> Reset:
+        return Reset(reason, self.rank, self.epoch)
 
     def _thread_main(self, send: trio.MemorySendChannel[list[Item]], report_started: Callable[[], None]) -> None:
         ctx = zmq.Context()
@@ -148,7 +174,7 @@ class Subscriber:
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 log.info("KV events: lost the connection to %s; the engine's cache is taken as gone", self.endpoint)
                 self._expected = None
-                out.append(Reset("restart"))
+                out.append(self._reset("restart"))
             elif event["event"] == zmq.EVENT_CONNECTED:
                 log.info("KV events: connected to %s", self.endpoint)
 
@@ -166,12 +192,12 @@ class Subscriber:
         elif seq > expected:
             self._metrics.gaps.inc()
             if not self._replay(ctx, expected, seq, out, catch_up=False):
-                out.append(Reset("gap"))
+                out.append(self._reset("gap"))
         elif seq < expected:
             if seq != 0:
                 self._metrics.duplicates.inc()
                 return
-            out.append(Reset("restart"))
+            out.append(self._reset("restart"))
         self._expected = seq + 1
         self._decode(seq, payload, out)
 
@@ -183,13 +209,13 @@ class Subscriber:
         except WireError as exc:
             m.malformed.inc()
             log.warning("KV events: batch %d is unreadable (%s); rebuilding the advertisement", seq, exc)
-            out.append(Reset("gap"))
+            out.append(self._reset("gap"))
             return
         if batch.malformed:
             m.malformed.inc(batch.malformed)
         for event in batch.events:
             m.events.labels("unknown" if isinstance(event, UnknownEvent) else type(event).__name__).inc()
-        out.append(Received(seq, batch))
+        out.append(Received(seq, batch, self.rank, self.epoch))
 
     def _replay(
         self, ctx: zmq.Context[zmq.Socket[bytes]], start: int, stop: int, out: list[Item], *, catch_up: bool
@@ -237,7 +263,7 @@ class Subscriber:
         return complete
 
     def _deliver(self, send: trio.MemorySendChannel[list[Item]], out: list[Item]) -> None:
-        items = [Reset("overflow"), *out] if self._overflowed else out
+        items = [self._reset("overflow"), *out] if self._overflowed else out
 
         def offer() -> bool:
             try:
