@@ -1,14 +1,12 @@
 """outrider beside a real vLLM (CPU) publishing KV events: the Redis keys the Kthena router computes hold this pod.
 
-The expected keys are computed here the router's way (sha256 over 4-byte big-endian ids, 16-token chunks from the
-prompt's start) from the token ids vLLM's own /tokenize returns, independently of outrider's code.
+The expected keys are computed the router's way (tests/kv_router.py: sha256 over 4-byte big-endian ids, 16-token
+chunks from the prompt's start) from the token ids vLLM's own /tokenize returns, independently of outrider's code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +16,11 @@ import pytest
 
 from tests.e2e.engine import VllmProcess, free_port
 from tests.e2e.outrider_process import outrider_process
+from tests.kv_router import router_keys
 from tests.redis_server import RedisServer, redis_server
 
 POD = "tiny-0.default"
-BLOCK = 32  # vLLM on CPU needs a multiple of 32; the router hashes 16: two router chunks per engine block
+BLOCK = 64  # vLLM 0.34's default (on CPU a multiple of 32); the router hashes 16: four router chunks per engine block
 PROMPTS = [
     "The cat loads the adapter again. The dog serves many prompts at night. Our server measures the queue today. "
     "Every pod keeps the logs on time. The operator reads a small file quickly.",
@@ -29,7 +28,7 @@ PROMPTS = [
     "This model forgets the cache. He likes hello world at night. My friend writes the metrics.",
 ]
 PROMPTS = [p + " " + p.upper() for p in PROMPTS]
-THIRD = "Three numbers answer the metrics today. " * 8  # long enough for several 32-token engine blocks
+THIRD = "Three numbers answer the metrics today. " * 16  # long enough for several 64-token engine blocks
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +57,6 @@ def kv_vllm(vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPat
 def redis_srv() -> Iterator[RedisServer]:
     with redis_server() as server:
         yield server
-
-
-def router_keys(tokens: list[int], model: str = "tiny", chunk: int = 16) -> set[str]:
-    keys = set()
-    for i in range(0, len(tokens) - chunk + 1, chunk):
-        digest = hashlib.sha256(struct.pack(f">{chunk}I", *tokens[i : i + chunk])).digest()
-        keys.add(f"matrix:kv:block:{model}@{struct.unpack('>Q', digest[:8])[0] & 0x7FFFFFFFFFFFFFFF}")
-    return keys
 
 
 def cached_keys(client: httpx.Client, base: str, prompt: str) -> set[str]:
