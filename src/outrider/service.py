@@ -186,7 +186,11 @@ async def serve(
             from outrider.kvevents import build_indexer  # imported only when enabled: zmq and redis load on demand
 
             indexer = build_indexer(
-                settings, runtime.metrics.registry, lambda: runtime.model, auth_headers(settings.engine_api_key)
+                settings,
+                runtime.metrics.registry,
+                lambda: runtime.model,
+                auth_headers(settings.engine_api_key),
+                engine_base_url=runtime.target.base_url,  # the ranks are asked of the engine outrider follows
             )
             await nursery.start(indexer.run)
         binds: list[str] = await nursery.start(
