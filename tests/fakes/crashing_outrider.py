@@ -3,6 +3,7 @@ node's OOM killer or `kill -9` would end it: no `finally`, no shutdown, nothing 
 
 Run as `python -m tests.fakes.crashing_outrider TMP STEP LOW HIGH` from the repository root: TMP is the test's
 directory (its state, model root and shm directory, as lifecycle_fixtures lays them out), LOW-HIGH the port range.
+STEP `none` crashes at no step: the test kills it from outside, timed from the `activating` line it prints.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ async def main(tmp: Path, step: str, ports: tuple[int, int]) -> None:
         runtime, _ = await nursery.start(functools.partial(serve, settings, trio.Event(), lifecycle=lifecycle))
         assert runtime.engines is not None
         runtime.engines.on_step(crash)
+        print("activating", flush=True)
         await runtime.engines.activate(Activation("tiny", str(tmp / "models" / "tiny")))
         print("the activation ended without reaching the step", step, flush=True)
         os._exit(3)

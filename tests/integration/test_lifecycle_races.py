@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -202,3 +203,42 @@ async def test_a_bounded_sweep_of_deactivations_just_after_an_activation(
         assert _standins(model_dir) == [], f"try {tries} ({delay_ms} ms): an engine is left running"
     print(f"sweep: {tries} tries, every deactivation answered, no engine left; the stop found: {landed}")
     assert tries == 30
+
+
+async def test_a_bounded_sweep_of_outriders_killed_just_after_an_activation(
+    nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine
+) -> None:
+    """kill -9 of outrider 0, 10, ... 50 ms after it began an activation: the restarted outrider lists every engine
+    still running (so stops it at shutdown), and none is left. The counts are printed (pytest -s)."""
+    found: dict[str, int] = {}
+    for delay_ms in range(0, 60, 10):
+        tmp = tmp_path / f"try-{delay_ms}"
+        tmp.mkdir()
+        lifecycle = lifecycle_settings(tmp)
+        model_dir = make_artifact(tmp / "models" / "tiny", {"worker": True})
+        low, high = lifecycle.ports
+        argv = [sys.executable, "-m", "tests.fakes.crashing_outrider", str(tmp), "none", str(low), str(high)]
+        crashing = await trio.lowlevel.open_process(argv, cwd=ROOT, stdout=subprocess.PIPE)
+        try:
+            assert crashing.stdout is not None
+            seen = b""
+            with trio.fail_after(ANSWER_BOUND):
+                while b"activating" not in seen:
+                    seen += await crashing.stdout.receive_some()
+            await trio.sleep(delay_ms / 1000)
+        finally:
+            crashing.send_signal(signal.SIGKILL)
+            assert await crashing.wait() == -signal.SIGKILL
+            if crashing.stdout is not None:
+                await crashing.stdout.aclose()
+        left = bool(_standins(model_dir))
+        async with trio.open_nursery() as serving:
+            second = await start_outrider(serving, outrider_settings(tmp, vllm_engine.base_url), lifecycle=lifecycle)
+            models = await listed(second.client)
+            alive = _standins(model_dir)
+            assert not alive or "tiny" in models, f"killed after {delay_ms} ms: {alive} run unlisted"
+            outcome = f"{'left running, adopted' if alive else 'nothing running'}{' (was running)' if left else ''}"
+            found[outcome] = found.get(outcome, 0) + 1
+            second.shutdown.set()
+        assert _standins(model_dir) == [], f"killed after {delay_ms} ms: the engine outlived the restarted outrider"
+    print(f"crash sweep: {sum(found.values())} tries: {found}")

@@ -1,6 +1,6 @@
 """An engine's life: the one task that owns its transitions, from the activation to its stop.
 
-    activation (new engines)  downloading -> launching -> booting -> active       (activation.py order)
+    activation (new engines)  downloading -> launching -> booting -> active       (launch.py: the launch)
     adopted start             booting -> active                                    (an adopted engine not ready yet)
     serving                   active/sleeping/booting -> failed when it exits by itself
     stop                      * -> stopping -> gone, shielded, under stops.deadline
