@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.engine import _port_is_free, free_port
@@ -125,6 +126,7 @@ def test_both_ranks_blocks_are_advertised_and_removed_per_rank(ranks: Ranks, red
     with outrider_process(*ranks.outrider_args(redis_srv.url)) as url:
         wait_for(ranks, redis_srv, router_keys(A) | router_keys(B) | router_keys(C), "both ranks' blocks")
         assert len(router_keys(A) | router_keys(B) | router_keys(C)) == 4 * 4  # four chunks per 64-token block
+        assert "outrider_kv_event_ranks 2.0" in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
 
         # Rank 0 drops both blocks of A; rank 1 still holds A's first block, so its chunks stay advertised.
         ranks.publish(0, {"type": "BlockRemoved", "block_hashes": [101, 102]})
@@ -135,7 +137,6 @@ def test_both_ranks_blocks_are_advertised_and_removed_per_rank(ranks: Ranks, red
         wait_for(ranks, redis_srv, router_keys(C), "only rank 0's block after rank 1's clear")
         ranks.publish(1, stored([201], None, B))
         wait_for(ranks, redis_srv, router_keys(B) | router_keys(C), "rank 1's block again after its clear")
-        assert url
     deadline = time.monotonic() + 10
     while redis_srv.fields_of(POD):
         assert time.monotonic() < deadline, "outrider's shutdown must remove its fields"

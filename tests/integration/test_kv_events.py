@@ -216,6 +216,7 @@ async def test_ranks_listed_by_the_engine_are_followed_and_a_rank_that_goes_is_f
             rank0.publish(batch([stored([11, 12], None, A, 32)]))
             rank1.publish(batch([stored([11], None, A[:32], 32), stored([21], None, B, 32)], rank=1))
             await wait_for_keys(redis_srv, keys_for(A) | keys_for(B), "both ranks' blocks")
+            assert value(metrics.ranks) == 2
             rank1.publish(batch([removed([11])], rank=1))  # rank 0 still holds A's first block
             rank0.publish(batch([removed([12])]))
             await wait_for_keys(redis_srv, keys_for(A[:32]) | keys_for(B), "A's first block, held by rank 0")
@@ -223,6 +224,7 @@ async def test_ranks_listed_by_the_engine_are_followed_and_a_rank_that_goes_is_f
             # The engine scaled down to one rank: rank 1's blocks leave with it, rank 0's stay.
             await indexer.follow({0: RankEndpoints(rank0.endpoint, rank0.replay_endpoint)})
             await wait_for_keys(redis_srv, keys_for(A[:32]), "rank 0's block only")
+            assert value(metrics.ranks) == 1
             rank1.publish(batch([stored([31], None, C, 48)], rank=1))  # nobody listens to it any more
             rank0.publish(batch([stored([41], None, D, 16)]))
             await wait_for_keys(redis_srv, keys_for(A[:32]) | keys_for(D), "rank 0's blocks only")

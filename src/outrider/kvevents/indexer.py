@@ -241,6 +241,8 @@ class KvIndexer:
         except BaseException:
             del self._running[subscriber.rank]
             raise
+        finally:
+            self.metrics.ranks.set(len(self._running))
 
     @staticmethod
     async def _run_subscriber(
@@ -257,6 +259,7 @@ class KvIndexer:
         """Stop a rank's subscription and forget its blocks (its later items are dropped by their epoch)."""
         _, scope = self._running.pop(rank)
         scope.cancel()
+        self.metrics.ranks.set(len(self._running))
         self.index.clear_rank(rank)
         self._reason = "restart"
         self._dirty.set()

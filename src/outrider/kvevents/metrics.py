@@ -50,6 +50,9 @@ class KvMetrics:
             "outrider_kv_blocks_advertised", "Router keys (token chunks) this pod currently advertises in its index."
         )
         self.tracked = new.gauge("outrider_kv_engine_blocks_tracked", "Engine blocks currently tracked.")
+        self.ranks = new.gauge(
+            "outrider_kv_event_ranks", "Data-parallel ranks of the engine whose KV-event publishers are subscribed."
+        )
         self.lag = new.histogram(
             "outrider_kv_event_lag_seconds",
             "Time from the engine stamping a batch to its changes being written to Redis.",
