@@ -15,7 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from outrider.sources.base import RemoteFile, Source
+from outrider.errors import OutriderError, VerificationFailed
+from outrider.sources.base import Checksum, RemoteFile, Source
 from outrider.transfer import engine, state
 from outrider.transfer.engine import TransferOptions
 from outrider.transfer.jobs import DownloadRequest, JobManager
@@ -237,3 +238,48 @@ async def test_a_fetch_that_completes_leaves_no_waiter_behind(tmp_path: Path) ->
         (job,) = manager.list()
         assert job.state == "completed" and job.waiters == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_every_waiter_of_a_failed_job_gets_an_error_of_its_own(tmp_path: Path) -> None:
+    """One exception object raised in several tasks splices their tracebacks, and a caller renaming its field (the
+    lifecycle calls `source` artifact_url) would rename it for the job too, as GET /v1/downloads then showed."""
+    store = Store()
+    opened: list[GatedSource] = []
+
+    def open_wrong(source: str, config: Mapping[str, object] | None) -> Source:
+        wrong = GatedSource(store)
+        wrong.listed_checksums["adapter_model.safetensors"] = Checksum("sha256", "0" * 64)
+        opened.append(wrong)
+        return wrong
+
+    manager = JobManager(
+        DownloadSettings(model_root=str(tmp_path)), open_wrong, options=TransferOptions(chunk_size=CHUNK)
+    )
+    errors: list[BaseException] = []
+
+    async def wait() -> None:
+        try:
+            await manager.fetch(SOURCE, None, tmp_path / "a")
+        except OutriderError as exc:
+            errors.append(exc)
+            exc.field = "artifact_url"  # what a caller naming its own field could do with what it was handed
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        try:
+            nursery.start_soon(wait)
+            await store.reading.wait()
+            joined = store.expect_close()
+            nursery.start_soon(wait)
+            await joined.wait()  # the second waiter joined the job
+            (job,) = manager.list()
+            store.gate.set()
+            await job.done.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert job.state == "failed" and isinstance(job.error, VerificationFailed)
+            assert len(errors) == 2 and errors[0] is not errors[1]
+            assert all(e is not job.error and isinstance(e, VerificationFailed) for e in errors)
+            assert "field" not in job.to_json()["error"]  # the job's own error is as the download engine made it
+            nursery.cancel_scope.cancel()
+        finally:
+            store.gate.set()

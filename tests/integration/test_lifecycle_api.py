@@ -12,7 +12,9 @@ import trio
 from pydantic import SecretStr
 
 from outrider.lifecycle.config import parse_launch
+from outrider.sources.base import Checksum
 from tests.fakes.engine import FakeEngine
+from tests.fakes.sources import MemorySource
 from tests.integration.conftest import Running, start_outrider
 from tests.integration.lifecycle_fixtures import lifecycle_settings, listed, make_artifact, outrider_settings
 
@@ -267,3 +269,26 @@ async def test_an_activation_never_downloads_over_a_model_another_engine_serves_
     assert (clash.json()["error"]["type"], clash.json()["error"]["field"]) == ("conflict", "model_name")
     assert _files(served) == before
     assert (await listed(o.client))["a"]["phase"] == "active"
+
+
+async def test_a_failed_artifact_download_keeps_its_own_error_in_the_download_list(
+    nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine
+) -> None:
+    """The activation names the download's failure by its own field (artifact_url); the download job, listed by
+    GET /v1/downloads, keeps the error as the download engine made it."""
+    wrong = MemorySource({"model.safetensors": b"weights"}, display="s3://models/tiny")
+    wrong.listed_checksums["model.safetensors"] = Checksum("sha256", "0" * 64)
+    settings = outrider_settings(tmp_path, vllm_engine.base_url)
+    o = await start_outrider(
+        nursery, settings, lifecycle=lifecycle_settings(tmp_path), source_opener=lambda source, config: wrong
+    )
+
+    answer = await o.client.post(
+        "/v1/runtime/models/activate", json={"model_name": "tiny", "artifact_url": "s3://models/tiny"}, timeout=30
+    )
+
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["field"] == "artifact_url"
+    (job,) = (await o.client.get("/v1/downloads")).json()["data"]
+    assert job["state"] == "failed" and job["error"]["type"] == "verification_failed"
+    assert "field" not in job["error"], job["error"]

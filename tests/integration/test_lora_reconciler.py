@@ -12,6 +12,7 @@ from outrider.adapters.fetch import Fetched, SharedFetches, VolumeFetcher
 from outrider.adapters.reconciler import Reconciler
 from outrider.engines.client import EngineClient
 from outrider.engines.vllm import VLLM
+from outrider.errors import SourceNotFound
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import wait_until
 from tests.integration.lora_fixtures import root, vllm
@@ -156,3 +157,33 @@ async def test_adopts_what_it_loaded_before_a_sidecar_restart(
         assert vllm.load_calls() == []
         await r.wait_gone(r.retract("a"))  # adopted, so outrider may unload it
     assert vllm.loaded == {}
+
+
+class FailingFetcher:
+    """Every fetch fails as a store that has no such source does."""
+
+    async def fetch(self, name: str, source: str, config: Mapping[str, object] | None, dest: Path) -> Fetched:
+        raise SourceNotFound(f"{source}: no objects under this prefix", field="source")
+
+
+async def test_every_waiter_of_a_failed_attempt_gets_an_error_of_its_own(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, root: Path
+) -> None:
+    r = make_reconciler(vllm, FailingFetcher(), root)
+    ticket = r.declare("x", "s3://bucket/x")
+    errors: list[BaseException] = []
+
+    async def wait() -> None:
+        try:
+            await r.wait_loaded(ticket)
+        except SourceNotFound as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as waiters:
+        waiters.start_soon(wait)
+        waiters.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(r.run)
+    rec = r.get("x")
+    assert rec is not None and isinstance(rec.error, SourceNotFound)
+    assert len(errors) == 2 and errors[0] is not errors[1] and all(e is not rec.error for e in errors)

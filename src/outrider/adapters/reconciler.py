@@ -233,9 +233,9 @@ class Reconciler:
             if rec.state == State.LOADED:
                 return rec
             if rec.outcomes > ticket.outcomes and rec.error is not None:
-                raise rec.error
+                raise rec.error.clone() from None  # each waiter its own: see OutriderError.clone
             if self._engine_failures > ticket.engine_failures and self._engine_error is not None:
-                raise self._engine_error
+                raise self._engine_error.clone() from None
             await changed.wait()
 
     async def wait_gone(self, ticket: Ticket) -> None:
@@ -248,9 +248,9 @@ class Reconciler:
             if rec.desired:
                 raise Conflict(f"adapter {ticket.name!r} was declared again meanwhile", field="name")
             if rec.outcomes > ticket.outcomes and rec.error is not None:
-                raise rec.error
+                raise rec.error.clone() from None  # each waiter its own: see OutriderError.clone
             if self._engine_failures > ticket.engine_failures and self._engine_error is not None:
-                raise self._engine_error
+                raise self._engine_error.clone() from None
             await changed.wait()
 
     # ----- operations for the compatible routes -----------------------------------------------------------------

@@ -267,7 +267,9 @@ class JobManager:
             # Joined a job whose waiters had all gone and which was winding down (its parts are removed by now):
             # this caller still wants the files, so it asks again.
         if job.state != "completed":
-            raise job.error or OutriderError(f"download of {job.source} ended {job.state}")
+            # A clone for each waiter: one object raised in several tasks splices their tracebacks, and a caller
+            # renaming its field would rename the job's.
+            raise (job.error.clone() if job.error else OutriderError(f"download of {job.source} ended {job.state}"))
         return dest
 
     def _join_or_refuse(self, dest: Path, display: str, filters: Filters) -> Job | None:
