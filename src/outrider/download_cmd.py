@@ -214,6 +214,8 @@ def _advance(bar: Any, progress: Progress) -> None:
     # rate ((n - initial) / elapsed), they do not inflate the rate or shrink the ETA.
     bar.initial = done - progress.fetched
     bar.n = done
+    # Another process writing the same directory (a shared cache): say whom this one waits for.
+    bar.set_description_str(f"waiting for {progress.waiting_for}" if progress.waiting_for else "", refresh=False)
     bar.refresh()
 
 
@@ -221,9 +223,10 @@ def _status(progress: Progress) -> str:
     total, done = progress.total, progress.done
     fraction = done / total if total else 1.0
     eta = progress.eta()
+    waiting = f" (waiting for {progress.waiting_for})" if progress.waiting_for else ""
     return (
         f"{fraction * 100:5.1f}% {_size(done)}/{_size(total)} {_size(progress.rate())}/s "
-        f"ETA {'--:--' if eta is None else _clock(eta)}"
+        f"ETA {'--:--' if eta is None else _clock(eta)}{waiting}"
     )
 
 

@@ -58,3 +58,13 @@ async def test_elsewhere_plain_lines_come_now_and_then(monkeypatch: pytest.Monke
     assert len(lines) >= 2
     assert all(line.startswith("outrider: downloaded  75.0% 12.0 MiB/16.0 MiB ") for line in lines)
     assert "\r" not in "".join(lines)
+
+
+async def test_a_download_waiting_for_another_process_says_whom_it_waits_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download_cmd, "LINE_INTERVAL", 0.1)
+    progress = half_done()
+    progress.wait_for("pid 41 on node-a")
+    assert "waiting for pid 41 on node-a" in (await shown(progress, Terminal(), 0.5)).split("\r")[-1]
+    assert (await shown(progress, io.StringIO(), 0.25)).splitlines()[0].endswith("(waiting for pid 41 on node-a)")
+    progress.wait_for(None)
+    assert "waiting" not in (await shown(progress, Terminal(), 0.5)).split("\r")[-1]
