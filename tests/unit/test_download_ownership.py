@@ -107,3 +107,15 @@ async def test_the_destination_lock_is_outriders_own_and_goes_with_its_download(
     # Once nobody holds it, the lock goes with the download, and the directory with them.
     recorded(dest, "s3://b/m", {"a.bin": b"a"})
     assert ownership.remove_download(dest).directory_removed and not dest.exists()
+
+
+def test_the_record_being_written_by_the_lock_holder_is_not_someone_elses_file(tmp_path: Path) -> None:
+    # What a process planning at the same moment sees: the lock, and the record's temporary before its rename.
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / LOCK_NAME).write_text("{}")
+    (dest / f".{state.RECORD_NAME}.0a1b2c3d.tmp").write_text("{}")
+    assert ownership.claim(dest, "s3://b/m", "dest") is None
+    (dest / ".config.json.0a1b2c3d.tmp").write_text("{}")  # not the record's: someone else's file
+    with pytest.raises(Conflict):
+        ownership.claim(dest, "s3://b/m", "dest")
