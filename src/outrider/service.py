@@ -30,6 +30,7 @@ from outrider.lifecycle.records import EngineRecord
 from outrider.lifecycle.supervisor import Supervisor
 from outrider.metrics.concepts import profile_targets
 from outrider.metrics.gie import AdapterLoraInfo, ProtocolRewrite
+from outrider.metrics.modelclaim import ModelClaimCollector
 from outrider.metrics.own import OwnMetrics
 from outrider.metrics.page import ServedPage
 from outrider.metrics.scraper import Scraper
@@ -122,6 +123,8 @@ def build_runtime(
             metrics=metrics.engines,
             on_change=functools.partial(_follow_engine, runtime),
         )
+    if "aibrix" in settings.metrics_profiles:  # AIBrix's ModelClaim dashboard reads these from the sidecar
+        metrics.registry.register(ModelClaimCollector(lambda: runtime.engines))
     return runtime
 
 

@@ -4,11 +4,14 @@ over real sockets with the stand-in engine as the launched program."""
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from tests.fakes.engine import FakeEngine
@@ -72,3 +75,53 @@ async def test_deactivate_with_mode_pause_stops_the_engine(
     with pytest.raises(httpx.TransportError):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{started.json()['port']}") as engine:
             await engine.get("/health", timeout=2)
+
+
+def _samples(page: str, family: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found: dict[tuple[tuple[str, str], ...], float] = {}
+    for metric in text_string_to_metric_families(page):
+        for s in metric.samples:
+            if s.name == family:
+                found[tuple(sorted(s.labels.items()))] = s.value
+    return found
+
+
+async def test_modelclaim_families_for_aibrix_dashboard(
+    nursery: trio.Nursery, tmp_path: Path, vllm_engine: FakeEngine
+) -> None:
+    """AIBrix's ModelClaim dashboard queries aibrix:modelclaim_* from the sidecar: with a model active AIBrix serves
+    them; outrider served none. Here the model is adopted by a second outrider after the first stopped (kept
+    running), so the adoption outcome is counted too, and its kvcached segment is the engine's figures."""
+    lifecycle = dataclasses.replace(lifecycle_settings(tmp_path), on_exit="keep")
+    settings = outrider_settings(tmp_path, vllm_engine.base_url, metrics_profiles=("outrider", "aibrix"))
+    artifact = make_artifact(tmp_path / "models" / "tiny")
+    async with trio.open_nursery() as serving:
+        first = await start_outrider(serving, settings, lifecycle=lifecycle)
+        before = await first.client.get("/metrics")
+        started = await first.client.post(
+            "/v1/runtime/models/activate", json={"model_name": "tiny", "artifact_url": str(artifact)}, timeout=30
+        )
+        assert started.status_code == 200, started.text
+        first.shutdown.set()
+    # The figures kvcached in the engine would have written into the segment outrider made for it.
+    (lifecycle.shm_dir / "kvc_tiny").write_bytes(struct.pack("<3q", 8 << 30, 1 << 30, 1 << 20))
+    second = await start_outrider(nursery, settings, lifecycle=dataclasses.replace(lifecycle, on_exit="stop"))
+
+    page = (await second.client.get("/metrics")).text
+
+    # Before any model: every family, at zero, as AIBrix serves them.
+    assert _samples(before.text, "aibrix:modelclaim_models_resident") == {(): 0.0}
+    assert _samples(before.text, "aibrix:modelclaim_engine_state")[(("phase", "active"),)] == 0.0
+    assert _samples(page, "aibrix:modelclaim_models_resident") == {(): 1.0}
+    assert _samples(page, "aibrix:modelclaim_engine_state") == {
+        (("phase", "active"),): 1.0,
+        (("phase", "sleeping"),): 0.0,
+        (("phase", "restarting"),): 0.0,
+        (("phase", "failed"),): 0.0,
+    }
+    assert _samples(page, "aibrix:modelclaim_kv_used_bytes") == {(("model", "tiny"),): float((1 << 30) + (1 << 20))}
+    assert _samples(page, "aibrix:modelclaim_kv_total_bytes") == {(("model", "tiny"),): float(8 << 30)}
+    assert _samples(page, "aibrix:modelclaim_hbm_peak_bytes") == {(("model", "tiny"),): 0.0}
+    adoptions = _samples(page, "aibrix:modelclaim_engine_re_adoptions_total")
+    assert adoptions[(("result", "success"),)] == 1.0 and sum(adoptions.values()) == 1.0 and len(adoptions) == 7
+    assert (await second.client.post("/v1/runtime/models/deactivate", json={"model_name": "tiny"})).status_code == 200

@@ -35,6 +35,7 @@ async def adopt(sh: Shared, record_engine: Engine) -> None:
         engine.settled.set()
         engine.exited.set()
         sh.engines[name] = engine
+        sh.adoptions["terminal"] += 1
         start_life()
         return
     if record.pid is None and record.phase is Phase.LAUNCHING and record.launch_id is not None:
@@ -53,6 +54,7 @@ async def adopt(sh: Shared, record_engine: Engine) -> None:
         with trio.move_on_after(stops.deadline(sh.settings)):
             await stops.stop_processes(sh, engine)
         await life.forget(sh, engine)
+        sh.adoptions["removed"] += 1
         return
     ident = record.identity
     running = ident is not None and await trio.to_thread.run_sync(process.is_running, ident)
@@ -62,12 +64,14 @@ async def adopt(sh: Shared, record_engine: Engine) -> None:
         engine.exited.set()
         if record.phase is Phase.STOPPING:
             engine.request_stop()
+            sh.adoptions["stopping"] += 1
         else:
             how = process.describe_exit(None)
             record.transition(Phase.FAILED, f"the engine {how} while outrider was not running")
             log.warning("engine %s stopped while outrider was not running", name, extra={"model": name})
             await sh.save(record)
             sh.nursery.start_soon(stops.stop_processes, sh, engine)  # any workers it left behind
+            sh.adoptions["terminal"] += 1
         start_life()
         return
     low, high = sh.settings.ports
@@ -81,9 +85,11 @@ async def adopt(sh: Shared, record_engine: Engine) -> None:
         log.warning("stopping engine %s (pid %d): %s", name, record.pid, refusal or "it was being stopped")
         engine.settled.set()
         engine.request_stop()
+        sh.adoptions["invalid" if refusal is not None else "stopping"] += 1
         start_life()
         return
     log.info("adopting engine %s (pid %d, %s, port %d)", name, record.pid, record.phase, record.port)
+    sh.adoptions["success"] += 1
     booting = record.phase is Phase.BOOTING
     if not booting:
         engine.settled.set()

@@ -9,6 +9,7 @@ refuses (409) once the life has moved the engine on.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -84,6 +85,8 @@ class Shared:
     step: StepHook = no_hook
     engines: dict[str, Engine] = dataclasses.field(default_factory=dict)
     nursery: trio.Nursery | None = None
+    # How adopting each record found at start ended, in AIBrix's result names (metrics/modelclaim.py).
+    adoptions: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     async def save(self, record: EngineRecord) -> None:
         """Write the record; shielded, since a record half-way through a change must still reach the disk."""

@@ -180,6 +180,11 @@ class Supervisor:
 
     # -- queries (read-only: copies) -------------------------------------------------------------------------
 
+    @property
+    def adoptions(self) -> Mapping[str, int]:
+        """How adopting each record found at start ended (AIBrix's result names), for aibrix:modelclaim_*."""
+        return self._sh.adoptions
+
     def records(self) -> list[EngineRecord]:
         return [dataclasses.replace(e.record) for e in self._sh.engines.values()]
 
