@@ -72,11 +72,11 @@ REDIS_ENV = tuple(
     for v in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 )
 SERVE_OPTIONS = (*SETTINGS_OPTIONS, TOKEN_FILE, *DOWNLOAD_SETTINGS_OPTIONS, *LIFECYCLE_OPTIONS)
-# `outrider download` spells the worker count --workers too, and it logs like `serve`; its SOURCE is the command's
-# own (with AIBrix's --model-uri), not serve's pod model.
+# `outrider download` spells the worker count --workers too (and -w/--max-workers, Kthena's downloader's), and it
+# logs like `serve`; its SOURCE is the command's own (with AIBrix's --model-uri), not serve's pod model.
 SERVE_ONLY = ("downloads.pod_model", "downloads.pod_model_dir")
 DOWNLOAD_OPTIONS = tuple(
-    o._replace(flags=("--workers", *o.flags)) if o.field == "downloads.workers" else o
+    o._replace(flags=("-w", "--max-workers", "--workers", *o.flags)) if o.field == "downloads.workers" else o
     for o in SERVE_OPTIONS
     if (o in DOWNLOAD_SETTINGS_OPTIONS and o.field not in SERVE_ONLY) or o.field in ("log_level", "log_format")
 )

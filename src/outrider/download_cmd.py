@@ -41,11 +41,15 @@ FALLBACK_COLUMNS = 80
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", help="s3://, obs://, tos://, pvc://, hf:// or a Hugging Face org/name")
     parser.add_argument("dest", nargs="?", help="directory to download into")
+    # Kthena's downloader (ModelBooster's init container): -s SOURCE -o OUTPUT_DIR -w WORKERS -c CONFIG.
+    parser.add_argument("-s", "--source", dest="kthena_source", metavar="SOURCE", help="Kthena spelling of SOURCE")
+    parser.add_argument("-o", "--output-dir", dest="output_dir", metavar="DIR", help="Kthena spelling of DEST")
     parser.add_argument("--model-uri", dest="model_uri", help="AIBrix spelling of SOURCE")
     parser.add_argument("--local-dir", dest="local_dir", help="AIBrix: parent directory (with --model-name)")
     parser.add_argument("--model-name", dest="model_name", help="AIBrix: files land in <local-dir>/<model-name>/")
     parser.add_argument(
         "--download-extra-config",
+        "-c",
         "--config",
         dest="config",
         help="JSON object for the store: credentials, endpoint, revision (prefer environment variables for secrets)",
@@ -71,16 +75,17 @@ class Command:
 
 def parse(args: argparse.Namespace, settings: DownloadSettings) -> Command:
     """The command's inputs (its settings are already checked), or InvalidRequest with one line for the operator."""
-    if args.source and args.model_uri:
-        raise InvalidRequest("give SOURCE or --model-uri, not both")
-    source = args.source or args.model_uri
-    if not source:
-        raise InvalidRequest("a SOURCE (or --model-uri) is required")
+    sources = [s for s in (args.source, args.kthena_source, args.model_uri) if s]
+    if len(sources) > 1:
+        raise InvalidRequest("give one of SOURCE, -s/--source or --model-uri")
+    if not sources:
+        raise InvalidRequest("a SOURCE (or -s/--source, or --model-uri) is required")
+    source = sources[0]
     aibrix_dest = args.local_dir is not None or args.model_name is not None
-    if args.dest and aibrix_dest:
-        raise InvalidRequest("give DEST or --local-dir/--model-name, not both")
-    if args.dest:
-        dest = Path(args.dest)
+    if sum(bool(d) for d in (args.dest, args.output_dir, aibrix_dest)) > 1:
+        raise InvalidRequest("give one of DEST, -o/--output-dir or --local-dir/--model-name")
+    if args.dest or args.output_dir:
+        dest = Path(os.path.expanduser(args.dest or args.output_dir))
     elif aibrix_dest:
         base = args.local_dir or settings.model_root
         name = args.model_name or source.rstrip("/").rsplit("/", 1)[-1]

@@ -142,7 +142,9 @@ def test_filters_and_workers_flags(store: RangeServer, tmp_path: Path) -> None:
         (["{url}", "{dest}", "--download-extra-config", "{{bad"], "--download-extra-config"),
         (["{url}", "{dest}", "--include", "*.gguf"], "*.gguf"),
         (["ftp://nowhere/x", "{dest}"], "expected http://host:port"),
-        (["{url}", "{dest}", "--local-dir", "/tmp"], "not both"),
+        (["{url}", "{dest}", "--local-dir", "/tmp"], "give one of DEST"),
+        (["{url}", "{dest}", "-o", "/tmp/x"], "give one of DEST"),
+        (["{url}", "{dest}", "-s", "{url}"], "give one of SOURCE"),
         (["--model-uri", "{url}", "--local-dir", "{dest}", "--model-name", ".."], "--model-name"),
     ],
 )

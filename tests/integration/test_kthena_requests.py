@@ -7,6 +7,9 @@ Kthena pod's: the model root `<tmp>/models` (Kthena's /models), the adapter root
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +190,18 @@ async def test_pvc_with_an_absolute_path_is_that_directory(
     assert response.status_code == 403, response.text
     assert "--pvc-root" in response.json()["error"]["message"]
     o.shutdown.set()
+
+
+def test_kthenas_downloader_command_line(tmp_path: Path, moto: MotoServer) -> None:
+    """ModelBooster's init container runs Kthena's downloader as `... -s SOURCE -o OUTPUT_DIR -w WORKERS -c CONFIG`;
+    with outrider's image that is `outrider download -s ... -o ... -w ... -c ...` (outrider exited 2 on -s)."""
+    out = tmp_path / "models" / "tiny"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OUTRIDER_", "DOWNLOADER_", "AWS_"))}
+    argv = ["-s", f"s3://{BUCKET}/models/tiny", "-o", str(out), "-w", "4", "-c", _config(moto)]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "outrider", "download", *argv], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert_downloaded(out, {k.removeprefix("models/"): v for k, v in MODEL.items()})
