@@ -50,7 +50,7 @@ _PATTERNS = (
     ),
     # Credential-named keys in key=value, key: value, Python reprs and JSON.
     re.compile(
-        r"""(?i)(\b(?:secret_key|access_key|secret_access_key|access_key_id|session_token|security_token|hf_token"""
+        r"""(?i)(\b(?:secret_key|access_key|secret_access_key|access_key_id|session_token|security_token|hf_token|ms_token"""
         r"""|api_key|api_token|token|password)['"]?\s*[:=]\s*['"]?)[^'"\s,;&}]+"""
     ),
 )

@@ -10,17 +10,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from outrider.sources.options import SourceOptions
 from outrider.transfer.settings import DownloadSettings
 from tests.fakes.lora_engine import FakeLoraEngine
 from tests.integration.conftest import Running, start_outrider, wait_until
 from tests.integration.lora_fixtures import assert_downloaded, lora_settings, vllm
 from tests.integration.stores import signed_moto
+from tests.servers.modelscope import ModelScopeServer
 from tests.servers.moto import MotoServer
 
 __all__ = ["moto", "vllm"]  # fixtures
@@ -205,3 +208,71 @@ def test_kthenas_downloader_command_line(tmp_path: Path, moto: MotoServer) -> No
 
     assert done.returncode == 0, done.stderr
     assert_downloaded(out, {k.removeprefix("models/"): v for k, v in MODEL.items()})
+
+
+MS_TOKEN = "ms-sdk-token-0123456789abcdef"
+MS_FILES = {"config.json": b'{"model_type": "qwen2"}', "weights/model.safetensors": bytes(range(256)) * 256}
+
+
+@pytest.fixture(scope="module")
+def modelscope() -> Iterator[ModelScopeServer]:
+    server = ModelScopeServer(MS_TOKEN)
+    server.add_repo("Qwen/tiny", MS_FILES, private=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_download_model_from_modelscope(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, models: Path, modelscope: ModelScopeServer
+) -> None:
+    """Kthena's `ms://owner/name` source with its `ms_token` config key: Kthena downloads it (with the ModelScope
+    SDK); outrider answered 400 `unknown source scheme 'ms'`."""
+    o = await _start(nursery, vllm, models)
+    config = json.dumps({"ms_token": MS_TOKEN, "ms_endpoint": modelscope.url})
+    body = {"source": "ms://Qwen/tiny", "output_dir": str(models / "qwen"), "config": config}
+
+    response = await o.client.post("/v1/download_model", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["source"]) == ("completed", "ms://Qwen/tiny@master")
+    for path, data in MS_FILES.items():
+        assert (models / "qwen" / path).read_bytes() == data
+    assert set(modelscope.seen_auth) == {f"Bearer {MS_TOKEN}"}
+    o.shutdown.set()
+
+
+async def test_the_pods_modelscope_token_never_goes_to_a_request_endpoint(
+    nursery: trio.Nursery, vllm: FakeLoraEngine, models: Path, modelscope: ModelScopeServer
+) -> None:
+    """As with Hugging Face: the pod's MS_TOKEN goes only to the pod's own ModelScope endpoint, and an endpoint the
+    request names is contacted only with the request's own token."""
+    downloads = DownloadSettings(model_root=str(models), source_defaults=SourceOptions(ms_token=MS_TOKEN))
+    o = await start_outrider(nursery, lora_settings(vllm, models / "adapters", downloads=downloads))
+    modelscope.seen_auth.clear()
+    body = {"source": "ms://Qwen/tiny", "output_dir": "qwen", "config": {"ms_endpoint": modelscope.url}}
+
+    response = await o.client.post("/v1/download_model", json=body, timeout=60)
+
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["field"] == "config" and "ms_token" in response.json()["error"]["message"]
+    assert modelscope.seen_auth == []  # not contacted: the pod's token never goes there, nor an anonymous request
+    assert MS_TOKEN not in response.text
+    o.shutdown.set()
+
+
+def test_kthenas_downloader_command_line_with_modelscope(tmp_path: Path, modelscope: ModelScopeServer) -> None:
+    out = tmp_path / "qwen"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OUTRIDER_", "DOWNLOADER_", "MS_"))}
+    config = json.dumps({"ms_token": MS_TOKEN, "ms_endpoint": modelscope.url})
+
+    done = subprocess.run(
+        [sys.executable, "-m", "outrider", "download", "-s", "ms://Qwen/tiny", "-o", str(out), "-c", config],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (out / "weights" / "model.safetensors").read_bytes() == MS_FILES["weights/model.safetensors"]

@@ -15,7 +15,7 @@ from outrider.sources.options import (
     parse_config,
     resolve_options,
 )
-from outrider.sources.uri import BucketRef, HubRef, SourceRef
+from outrider.sources.uri import BucketRef, HubRef, ModelScopeRef, SourceRef
 
 S3 = BucketRef("s3", "models", "llama")
 OBS = BucketRef("obs", "models", "llama")
@@ -213,6 +213,20 @@ def test_hf_token_endpoint_and_revision_precedence() -> None:
     # a store's keys are not handed to the hub, nor the hub's token to a store
     assert opts.access_key is None and opts.secret_key is None
     assert resolve_options(S3, None, POD).hf_token is None
+
+
+def test_modelscope_token_endpoint_and_revision_and_the_endpoint_rule() -> None:
+    """Kthena's ms_token / ms_revision (and MS_TOKEN, MS_REVISION); the pod's token only to the pod's endpoint."""
+    ms = ModelScopeRef("Qwen/tiny")
+    pod = env_defaults({"MS_TOKEN": "ms-pod-token", "MS_REVISION": "v1"})
+    opts = resolve_options(ms, None, pod)
+    assert (opts.ms_token, opts.ms_revision, opts.hf_token, opts.access_key) == ("ms-pod-token", "v1", None, None)
+    assert resolve_options(ms, {"ms_endpoint": "https://www.modelscope.cn"}, pod).ms_token == "ms-pod-token"
+    with pytest.raises(SourceAccessDenied, match="ms_token"):
+        resolve_options(ms, {"ms_endpoint": "https://ms.example"}, pod)
+    own = resolve_options(ms, {"ms_endpoint": "https://ms.example", "ms_token": "ms-own"}, pod)
+    assert (own.ms_token, own.ambient_credentials, own.request_endpoint) == ("ms-own", False, True)
+    assert resolve_options(S3, None, pod).ms_token is None
 
 
 # -- the endpoint rule --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from outrider.errors import InvalidSource
-from outrider.sources.uri import BucketRef, HubRef, VolumeRef, parse_source
+from outrider.sources.uri import BucketRef, HubRef, ModelScopeRef, VolumeRef, parse_source
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,8 @@ from outrider.sources.uri import BucketRef, HubRef, VolumeRef, parse_source
         ("hf://org/name@refs/pr/1", HubRef("org/name", "refs/pr/1")),
         ("hf://gpt2", HubRef("gpt2", None)),
         ("huggingface://org/name", HubRef("org/name", None)),  # AIBrix's spelling
+        ("ms://Qwen/Qwen2.5-7B-Instruct", ModelScopeRef("Qwen/Qwen2.5-7B-Instruct")),  # Kthena's ModelScope
+        ("ms://Qwen/tiny@v1.0", ModelScopeRef("Qwen/tiny", "v1.0")),
         ("HuggingFace://org/name@v1", HubRef("org/name", "v1")),
     ],
 )

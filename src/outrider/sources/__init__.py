@@ -11,7 +11,7 @@ import os
 
 from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
 from outrider.sources.options import SourceOptions, env_defaults, parse_config, resolve_options
-from outrider.sources.uri import BucketRef, HubRef, SourceRef, VolumeRef, parse_source
+from outrider.sources.uri import BucketRef, HubRef, ModelScopeRef, SourceRef, VolumeRef, parse_source
 
 __all__ = [
     "PIECE_SIZE",
@@ -50,6 +50,10 @@ def open_source(
         from outrider.sources.local import LocalSource
 
         return LocalSource(ref, pvc_root=pvc_root)
+    if isinstance(ref, ModelScopeRef):
+        from outrider.sources.modelscope import ModelScopeSource
+
+        return ModelScopeSource(ref, options, max_workers=max_workers)
     if isinstance(ref, HubRef):
         from outrider.sources.huggingface import HuggingFaceSource
 

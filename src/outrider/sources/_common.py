@@ -73,7 +73,7 @@ def retry_after_seconds(value: object, now: float | None = None) -> float | None
 
 
 def secrets_of(options: SourceOptions) -> tuple[str, ...]:
-    values = (options.secret_key, options.session_token, options.hf_token, options.access_key)
+    values = (options.secret_key, options.session_token, options.hf_token, options.ms_token, options.access_key)
     return tuple(v for v in values if v)
 
 

@@ -33,23 +33,20 @@ from outrider.errors import (
     SourceAccessDenied,
     SourceError,
     SourceNotFound,
-    SourceThrottled,
     SourceTransientError,
 )
 from outrider.sources._common import (
     CONNECT_TIMEOUT,
     POOL_HEADROOM,
     READ_TIMEOUT,
-    THROTTLE_STATUSES,
     TRANSIENT_STATUSES,
     check_range,
     check_relative_path,
-    repieced,
-    retry_after_seconds,
     scrub,
     secrets_of,
 )
-from outrider.sources.base import PIECE_SIZE, Checksum, RemoteFile, Source
+from outrider.sources.base import Checksum, RemoteFile, Source
+from outrider.sources.http_reads import raise_for_status, ranged_get
 from outrider.sources.options import DEFAULT_HF_ENDPOINT, DEFAULT_HF_REVISION, SourceOptions
 from outrider.sources.uri import HubRef
 
@@ -157,47 +154,26 @@ class HuggingFaceSource(Source):
     # -- bytes ------------------------------------------------------------------------------------------------
 
     def _raise_status(self, response: httpx.Response, what: str) -> NoReturn:
-        status = response.status_code
         server = response.headers.get("X-Error-Message") or response.reason_phrase or "no message"
-        message = f"{self.display}: {what}: {status}: {self._said(server)}"
-        if status in (401, 403):
-            raise SourceAccessDenied(message)
-        if status == 404:
-            raise SourceNotFound(message)
-        if status in THROTTLE_STATUSES:
-            raise SourceThrottled(message, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
-        if status >= 500 or status in TRANSIENT_STATUSES:
-            raise SourceTransientError(message)
-        raise SourceError(message)
+        raise_for_status(response, f"{self.display}: {what}: {response.status_code}: {self._said(server)}")
 
     def read_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         check_range(start, end)
         check_relative_path(path)
         if start == end:
             return
-        what = f"read {path}"
         url = hf_hub_url(self._repo, path, revision=self._commit(), endpoint=self._endpoint)
         headers = build_hf_headers(token=self._token, library_name=LIBRARY_NAME)
-        headers["Range"] = f"bytes={start}-{end - 1}"
-        # Ask for the bytes as stored: a transparently gzipped body would not match the byte offsets.
-        headers["Accept-Encoding"] = "identity"
-        try:
-            with self._http.stream("GET", url, headers=headers) as response:
-                if response.status_code == 200 and start != 0:
-                    raise SourceError(f"{self.display}: {what}: the server ignored the Range header")
-                if response.status_code == 206:
-                    content_range = response.headers.get("Content-Range", "")
-                    if not content_range.startswith(f"bytes {start}-"):
-                        raise SourceError(f"{self.display}: {what}: unexpected Content-Range {content_range!r}")
-                elif response.status_code != 200:
-                    self._raise_status(response, what)
-                yield from repieced(response.iter_raw(PIECE_SIZE), end - start, self.display, path)
-        except SourceError:
-            raise
-        except httpx.TransportError as exc:
-            raise SourceTransientError(f"{self.display}: {what}: {type(exc).__name__}: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise SourceError(f"{self.display}: {what}: {type(exc).__name__}: {exc}") from None
+        yield from ranged_get(
+            self._http,
+            url,
+            headers=headers,
+            start=start,
+            end=end,
+            display=self.display,
+            path=path,
+            on_error=self._raise_status,
+        )
 
     def close(self) -> None:
         self._http.close()

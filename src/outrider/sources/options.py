@@ -33,18 +33,20 @@ from urllib.parse import urlsplit
 
 from outrider.errors import InvalidRequest, SourceAccessDenied
 from outrider.logs import register_secrets
-from outrider.sources.uri import BucketRef, HubRef, SourceRef
+from outrider.sources.uri import BucketRef, HubRef, ModelScopeRef, SourceRef
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_HF_REVISION = "main"
+DEFAULT_MS_ENDPOINT = "https://www.modelscope.cn"
+DEFAULT_MS_REVISION = "master"
 
 # Longest value of one store option (a key, an endpoint, a token) in an AIBrix-shaped `credentials`, as in a
 # native `config`: real ones are far shorter, and a bound keeps records small.
 MAX_OPTION = 4096
 # The keys of a request's `config` that hold credentials (registered with the log redactor when parsed).
-SECRET_CONFIG_KEYS = ("access_key", "secret_key", "session_token", "hf_token")
+SECRET_CONFIG_KEYS = ("access_key", "secret_key", "session_token", "hf_token", "ms_token")
 # Keys a request's `config` may set. Unknown keys are ignored: Kthena and AIBrix clients send extra ones.
 _CONFIG_KEYS = (
     "access_key",
@@ -55,6 +57,9 @@ _CONFIG_KEYS = (
     "hf_token",
     "hf_endpoint",
     "hf_revision",
+    "ms_token",
+    "ms_endpoint",
+    "ms_revision",
 )
 
 # `credentials` keys the AIBrix-shaped routes take (an engine activation's, a delegated LoRA load's and its
@@ -113,6 +118,9 @@ class SourceOptions:
     hf_token: str | None = dataclasses.field(default=None, repr=False)
     hf_endpoint: str | None = None
     hf_revision: str | None = None
+    ms_token: str | None = dataclasses.field(default=None, repr=False)
+    ms_endpoint: str | None = None
+    ms_revision: str | None = None
     ambient_credentials: bool = True
     request_endpoint: bool = False
 
@@ -193,6 +201,9 @@ def env_defaults(environ: Mapping[str, str]) -> SourceOptions:
         hf_token=_first(environ, "HF_AUTH_TOKEN", "HF_TOKEN"),
         hf_endpoint=endpoint("HF_ENDPOINT"),
         hf_revision=_first(environ, "HF_REVISION"),
+        ms_token=_first(environ, "MS_TOKEN"),
+        ms_endpoint=endpoint("MS_ENDPOINT"),
+        ms_revision=_first(environ, "MS_REVISION"),
     )
 
 
@@ -225,7 +236,7 @@ def parse_config(config: object, field: str = "config", *, pairs: bool = True) -
             raise InvalidRequest(f"{field}.{key} must be a string", field=field)
         if value.strip():
             result[key] = value.strip()
-    for key in ("endpoint", "hf_endpoint"):
+    for key in ("endpoint", "hf_endpoint", "ms_endpoint"):
         if key in result:
             try:
                 result[key] = normalize_endpoint(result[key], f"{field}.{key}")
@@ -308,6 +319,22 @@ def resolve_options(
             hf_revision=request.get("hf_revision", env.hf_revision),
             ambient_credentials=trust_pod,
             request_endpoint=hf_foreign,
+        )
+
+    if isinstance(ref, ModelScopeRef):  # the Hugging Face rule, for ModelScope's token and endpoint
+        ms_endpoint = request.get("ms_endpoint", env.ms_endpoint)
+        ms_foreign = "ms_endpoint" in request and not _same_endpoint(
+            ms_endpoint, env.ms_endpoint or DEFAULT_MS_ENDPOINT
+        )
+        if ms_foreign and "ms_token" not in request and not allow_request_endpoints:
+            raise _anonymous_endpoint("ms_endpoint", "ms_token")
+        trust_pod = allow_request_endpoints or not ms_foreign
+        return SourceOptions(
+            ms_token=request.get("ms_token") or (env.ms_token if trust_pod else None),
+            ms_endpoint=ms_endpoint,
+            ms_revision=request.get("ms_revision", env.ms_revision),
+            ambient_credentials=trust_pod,
+            request_endpoint=ms_foreign,
         )
 
     endpoint = request.get("endpoint", pod_endpoint)

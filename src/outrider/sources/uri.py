@@ -7,6 +7,7 @@ Accepted spellings:
   as Kthena reads `pvc:///<claim>/<path>` (its claim mounted at `/<claim>`); it must still lie under `--pvc-root`
   (or, for an adapter, under the adapter root). Kthena reads `pvc://path` as `/path` too; outrider keeps that
   spelling relative to `--pvc-root`, which no volume layout needs to be `/`.
+- `ms://owner/name[@revision]`: a ModelScope model repo (Kthena's spelling).
 - `org/name`, `hf://org/name`, `hf://name`, each with an optional `@revision`: a Hugging Face model repo
   (`huggingface://` is AIBrix's spelling of `hf://`).
 
@@ -76,7 +77,17 @@ class VolumeRef(_Ref):
     _SPELLINGS = ("relative", "pvc://{path}", "{path}")
 
 
-SourceRef = BucketRef | HubRef | VolumeRef
+@dataclasses.dataclass(frozen=True)
+class ModelScopeRef(_Ref):
+    """A ModelScope model repo (`ms://owner/name[@revision]`, Kthena's spelling); `revision` None: the default."""
+
+    repo: str
+    revision: str | None = None
+
+    _SPELLINGS = ("revision", "ms://{repo}@{revision}", "ms://{repo}")
+
+
+SourceRef = BucketRef | HubRef | VolumeRef | ModelScopeRef
 
 
 def _invalid(message: str) -> InvalidSource:
@@ -170,10 +181,13 @@ def parse_source(raw: str) -> SourceRef:
         return _parse_bucket(scheme, rest)
     if scheme == "hf":
         return _parse_hub(rest, allow_bare_name=True)
+    if scheme == "ms":  # ModelScope repo ids are owner/name, in the Hub's alphabet
+        hub = _parse_hub(rest, allow_bare_name=False)
+        return ModelScopeRef(hub.repo, hub.revision)
     if scheme == "pvc":
         path = _split_path(rest, "path")
         if not path:
             raise _invalid("pvc:// source is missing a path (expected pvc://dir)")
         return VolumeRef("/" + path, relative=False) if rest.startswith("/") else VolumeRef(path, relative=True)
-    known = ", ".join(f"{s}://" for s in (*OBJECT_STORE_SCHEMES, "pvc", "hf"))
+    known = ", ".join(f"{s}://" for s in (*OBJECT_STORE_SCHEMES, "pvc", "hf", "ms"))
     raise _invalid(f"unknown source scheme {scheme!r} (expected one of: {known}, an absolute path, or org/name)")
