@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import CollectorRegistry, generate_latest
 
 from outrider import logs
 from outrider.adapters.fetch import SharedFetches, VolumeFetcher
@@ -102,11 +103,16 @@ def build_runtime(
     if settings.adapters_file:
         watcher = AdaptersFileWatcher(Path(settings.adapters_file), reconciler, settings.adapter_sync_interval)
     lifecycle = lifecycle if lifecycle is not None else settings.lifecycle
+    modelclaim = None
+    if "aibrix" in settings.metrics_profiles:  # AIBrix's ModelClaim dashboard reads these from the sidecar
+        registry = CollectorRegistry()  # not described at registration: `runtime` is made below
+        registry.register(ModelClaimCollector(lambda: runtime.engines))
+        modelclaim = functools.partial(generate_latest, registry)
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
         scraper=scraper,
-        page=ServedPage(scraper, metrics, lora=lora_info),
+        page=ServedPage(scraper, metrics, lora=lora_info, peer=modelclaim),
         target=target,
         downloads=downloads,
         pod_model=pod_model,
@@ -123,8 +129,6 @@ def build_runtime(
             metrics=metrics.engines,
             on_change=functools.partial(_follow_engine, runtime),
         )
-    if "aibrix" in settings.metrics_profiles:  # AIBrix's ModelClaim dashboard reads these from the sidecar
-        metrics.registry.register(ModelClaimCollector(lambda: runtime.engines))
     return runtime
 
 

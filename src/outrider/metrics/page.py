@@ -16,6 +16,7 @@ fraction of a millisecond), so a scrape costs no compression and sends a sixth o
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 
 import trio
 
@@ -28,10 +29,18 @@ REFRESH = 0.1
 
 class ServedPage:
     def __init__(
-        self, scraper: Scraper, own: OwnMetrics, refresh: float = REFRESH, lora: AdapterLoraInfo | None = None
+        self,
+        scraper: Scraper,
+        own: OwnMetrics,
+        refresh: float = REFRESH,
+        lora: AdapterLoraInfo | None = None,
+        peer: Callable[[], bytes] | None = None,
     ) -> None:
         self._scraper = scraper
         self._own = own
+        # Families in a peer's own names (AIBrix's aibrix:modelclaim_*), served between the engine page and
+        # outrider's own families: colons mark them as the peer's, which outrider's own names never carry.
+        self._peer = peer
         self._lora = lora
         self._refresh = refresh
         self._body = b""
@@ -53,7 +62,7 @@ class ServedPage:
             page = self._scraper.fresh_page()
             if page is not None and snapshot is not None and self._lora is not None:
                 page += self._lora.render(snapshot.max_lora).encode()
-            own = self._own.render()
+            own = (self._peer() if self._peer is not None else b"") + self._own.render()
             self._body = own if page is None else page + own
             self._gzipped = None
             self._valid_until = now + self._refresh
