@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -174,6 +175,9 @@ async def serve(
 
     `source_opener` turns download requests' sources into Sources (default: `build_opener(settings.downloads)`);
     `lifecycle` overrides the engine lifecycle's settings (default: `settings.lifecycle`, None while it is off)."""
+    # Before any loop starts: a second outrider on a taken port must not adopt (or stop) the first one's engines,
+    # nor start downloads, only to fail at the bind.
+    await trio.to_thread.run_sync(check_bindable, settings.host, settings.port)
     runtime = build_runtime(settings, source_opener, lifecycle)
     app = create_asgi(runtime)
     async with trio.open_nursery() as nursery:
@@ -256,12 +260,42 @@ def configure_logging(settings: Settings) -> None:
     logs.REDACTOR.register(logs.secrets_in(settings), pinned=True)
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Raise the OSError a listening socket on `host:port` would meet (EADDRINUSE for a taken port), as hypercorn
+    binds it (SO_REUSEADDR). Port 0 (any free one) always binds. Blocking: it may resolve `host`."""
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+
+
+def _only_os_error(exc: BaseException) -> OSError | None:
+    """The OSError `exc` is, or the first of a group made of nothing else (trio's nurseries wrap what a task
+    raised in an ExceptionGroup, also when it is one bind failure)."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(OSError)
+        if matched is not None and rest is None:
+            first: BaseException = matched
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return first if isinstance(first, OSError) else None
+    return None
+
+
 def run(settings: Settings, source_opener: SourceOpener | None = None) -> int:
     configure_logging(settings)
     try:
         trio.run(_main, settings, source_opener)
-    except OSError as exc:  # typically the port is taken: one line, not a traceback
-        log.error("cannot serve on %s:%s: %s", settings.host, settings.port, exc)
+    except BaseException as exc:
+        failure = _only_os_error(exc)
+        if failure is None:
+            raise
+        # Typically the port is taken: one line naming it, not a traceback, and a failing exit.
+        log.error("cannot serve on %s:%s: %s", settings.host, settings.port, failure.strerror or failure)
         return 1
     log.info("outrider stopped")
     return 0

@@ -84,3 +84,17 @@ def test_signal_stops_without_waiting_on_connections_or_scrapes(signum: signal.S
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_busy_port_is_one_line_naming_it_and_a_failing_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = outrider("serve", "-E", "vllm", "-H", "127.0.0.1", "-P", str(port), "-B", "http://127.0.0.1:9")
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "Traceback" not in text and "ExceptionGroup" not in text, text
+    failures = [line for line in text.splitlines() if f"127.0.0.1:{port}" in line]
+    assert len(failures) == 1 and "in use" in failures[0], text
