@@ -40,3 +40,38 @@ class Backoff:
         while True:
             failures += 1
             yield self.delay(failures)
+
+
+# The longest a store's Retry-After is honoured for: past this, an endpoint (misconfigured, or one a request named)
+# could park a download indefinitely; a stalled read is given up after 120 s (stall_timeout) too.
+RETRY_AFTER_CAP = 60.0
+# A Retry-After wait is lengthened by up to this fraction, at random: every client the store throttled was told the
+# same number, and coming back all at once would throttle them all again.
+RETRY_AFTER_SPREAD = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreRetries:
+    """How every call to a store is retried after a transient failure: chunk reads (transfer/engine.py) and the
+    listings and metadata requests before them (sources/_common.py), so that one throttled HEAD among a model's
+    hundreds of files is waited out as a throttled read is, instead of failing the download."""
+
+    attempts: int = 6  # failures in a row (without progress) before giving up
+    initial: float = 0.25
+    cap: float = 10.0
+
+    def wait(self, failures: int, retry_after: float | None = None) -> float:
+        """Seconds before the next try after `failures` failures in a row; at least the store's Retry-After
+        (capped, and spread upwards at random) when it named one."""
+        return throttled_wait(Backoff(self.initial, self.cap).delay(failures), retry_after)
+
+
+def throttled_wait(delay: float, retry_after: float | None) -> float:
+    """`delay`, or the store's Retry-After if longer: capped at RETRY_AFTER_CAP and lengthened by up to
+    RETRY_AFTER_SPREAD at random."""
+    if retry_after is None:
+        return delay
+    return max(delay, min(retry_after, RETRY_AFTER_CAP) * (1.0 + RETRY_AFTER_SPREAD * random.random()))
+
+
+STORE_RETRIES = StoreRetries()

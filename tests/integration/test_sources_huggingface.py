@@ -126,6 +126,7 @@ def test_revision_can_be_the_commit_sha(hub: HubServer) -> None:
     assert source.revision == commit
 
 
+@pytest.mark.usefixtures("fast_store_retries")  # the mapping, not the retry policy
 def test_server_errors_are_transient(hub: HubServer) -> None:
     source = hf_source(hub)
     source.list_files()
@@ -145,6 +146,7 @@ def test_a_throttled_read_carries_the_wait_the_hub_named(hub: HubServer) -> None
     assert info.value.retry_after == 5.0
 
 
+@pytest.mark.usefixtures("fast_store_retries")  # the mapping, not the retry policy
 def test_refused_connection_is_transient() -> None:
     options = SourceOptions(hf_endpoint=f"http://127.0.0.1:{free_port()}", hf_token=TOKEN)
     with pytest.raises(SourceTransientError) as info:

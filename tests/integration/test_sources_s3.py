@@ -18,6 +18,7 @@ import trio
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from outrider.backoff import StoreRetries
 from outrider.errors import (
     SourceAccessDenied,
     SourceNotFound,
@@ -303,7 +304,7 @@ def test_without_ambient_credentials_requests_go_unsigned(
 
 
 @pytest.mark.parametrize("status", [500, 503])
-def test_server_errors_are_transient(moto: MotoServer, status: int) -> None:
+def test_server_errors_are_transient(moto: MotoServer, status: int, fast_store_retries: StoreRetries) -> None:
     faults = FaultServer(status)
     faults.start()
     try:
@@ -312,14 +313,15 @@ def test_server_errors_are_transient(moto: MotoServer, status: int) -> None:
             source.list_files()
         with pytest.raises(SourceTransientError):
             list(source.read_range(BIG, 0, 10))
-        assert faults.requests == 2  # one attempt each: retrying is the transfer engine's job
+        # A listing is retried here (the SDK's retries are off); a read once: retrying it is the transfer engine's.
+        assert faults.requests == fast_store_retries.attempts + 1
     finally:
         faults.stop()
 
 
 @pytest.mark.parametrize(("status", "retry_after", "wait"), [(503, "2", 2.0), (429, None, None), (500, "3", 3.0)])
 def test_throttling_answers_carry_the_wait_the_store_named(
-    moto: MotoServer, status: int, retry_after: str | None, wait: float | None
+    moto: MotoServer, status: int, retry_after: str | None, wait: float | None, fast_store_retries: StoreRetries
 ) -> None:
     faults = FaultServer(status, retry_after=retry_after)
     faults.start()
@@ -370,6 +372,26 @@ async def test_a_slow_down_holds_every_read_of_the_download_for_its_retry_after(
     assert len(proxy.gets) == chunks + 1  # the one throttled read was retried once, nothing more
 
 
+def test_throttled_listings_and_heads_are_retried_after_their_retry_after(moto: MotoServer) -> None:
+    # The real policy (STORE_RETRIES, RETRY_AFTER_CAP): this test is about its waits.
+    """The SDK's own retries are off: without outrider's, one 503 SlowDown on a listing or a HEAD among a model's
+    files failed the whole download. They wait as a throttled chunk read does: at least the Retry-After."""
+    proxy = ThrottlingProxy(moto.url, throttle=0, retry_after="1", throttle_lists=1, throttle_heads=2)
+    proxy.start()
+    try:
+        files = {f.path: f for f in s3_source(moto, endpoint=proxy.url).list_files()}
+    finally:
+        proxy.stop()
+    assert set(files) == set(TREE)
+    throttled = [(t, method) for t, method, held in proxy.metadata if held]
+    assert [method for _, method in throttled] == ["GET", "HEAD", "HEAD"]  # the listing, then two HEADs
+    listing, retry = proxy.metadata[0][0], proxy.metadata[1][0]
+    assert retry - listing >= 1.0  # the listing's retry waited out the Retry-After
+    heads = [t for t, method, held in proxy.metadata if method == "HEAD" and not held]
+    assert len(heads) == sum(1 for f in files.values() if f.checksum is not None)  # each asked until answered
+
+
+@pytest.mark.usefixtures("fast_store_retries")  # the mapping, not the retry policy
 def test_refused_connection_is_transient(moto: MotoServer) -> None:
     source = s3_source(moto, endpoint=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(SourceTransientError) as info:

@@ -107,6 +107,7 @@ def test_missing_bucket_prefix_and_key_are_not_found(server: TosServer) -> None:
         tos_source(server).list_files()
 
 
+@pytest.mark.usefixtures("fast_store_retries")  # the mapping, not the retry policy
 def test_server_errors_are_transient(server: TosServer) -> None:
     server.fail_status = 500
     with pytest.raises(SourceTransientError, match="InternalError"):
@@ -115,6 +116,7 @@ def test_server_errors_are_transient(server: TosServer) -> None:
         list(tos_source(server).read_range(BIG, 0, 10))
 
 
+@pytest.mark.usefixtures("fast_store_retries")  # the mapping, not the retry policy
 def test_refused_connection_is_transient() -> None:
     options = SourceOptions(access_key=AK, secret_key=SK, endpoint=f"http://127.0.0.1:{free_port()}", region=REGION)
     source = open_source(f"tos://{BUCKET}/{PREFIX}", options, pvc_root=None, max_workers=1)

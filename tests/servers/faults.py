@@ -2,7 +2,8 @@
 
 - `FaultServer` fails every request with one status and an S3 XML error body (and a Retry-After when given). It
   records each request's Authorization header, so a test can see what credentials a client sent to an endpoint.
-- `ThrottlingProxy` stands in front of a real endpoint (moto) and answers the first `throttle` ranged GETs with
+- `ThrottlingProxy` stands in front of a real endpoint (moto) and answers the first `throttle_lists` listings,
+  `throttle_heads` HEADs and `throttle` ranged GETs with
   503 SlowDown and a Retry-After, as S3 does under load; everything else is passed through, ranged GETs after
   `delay` seconds (a store under load is slow too, and a download then still has reads to start after the
   throttled one). It records when each ranged GET arrived, so a test can see how a client spaced its requests.
@@ -51,7 +52,16 @@ class _FaultHandler(QuietHandler):
 
 
 class ThrottlingProxy(ThreadedServer):
-    def __init__(self, upstream: str, *, throttle: int, retry_after: str, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        throttle: int,
+        retry_after: str,
+        delay: float = 0.0,
+        throttle_lists: int = 0,
+        throttle_heads: int = 0,
+    ) -> None:
         super().__init__(_ThrottlingHandler)
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -60,12 +70,24 @@ class ThrottlingProxy(ThreadedServer):
         self.delay = delay
         self.throttled: list[float] = []  # time.monotonic() of each SlowDown answer
         self.gets: list[float] = []  # time.monotonic() at which each ranged GET arrived
+        # Listings (GETs without a Range) and HEADs still to answer with SlowDown, and when each of them came.
+        self.throttle_metadata = {"GET": throttle_lists, "HEAD": throttle_heads}
+        self.metadata: list[tuple[float, str, bool]] = []  # (time.monotonic(), method, throttled)
         self._lock = threading.Lock()
 
 
 class _ThrottlingHandler(QuietHandler):
     def _handle(self) -> None:
         app: ThrottlingProxy = self.server.app  # type: ignore[attr-defined]
+        if self.command in ("GET", "HEAD") and not self.headers.get("Range"):
+            with app._lock:
+                throttle = app.throttle_metadata[self.command] > 0
+                app.throttle_metadata[self.command] -= throttle
+                app.metadata.append((time.monotonic(), self.command, throttle))
+            if throttle:
+                headers = {"Content-Type": "application/xml", "Retry-After": app.retry_after}
+                self.reply(503, b"" if self.command == "HEAD" else error_body(503, "Slow down."), headers)
+                return
         if self.command == "GET" and self.headers.get("Range"):
             with app._lock:
                 app.gets.append(time.monotonic())

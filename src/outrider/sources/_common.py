@@ -6,12 +6,19 @@ What only bucket stores share (keys under a prefix, the S3 dialect's error codes
 from __future__ import annotations
 
 import email.utils
+import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
-from outrider.errors import InvalidRequest, SourceTransientError
+from outrider.backoff import STORE_RETRIES, StoreRetries
+from outrider.errors import InvalidRequest, SourceThrottled, SourceTransientError
 from outrider.sources.base import PIECE_SIZE
 from outrider.sources.options import SourceOptions
+
+log = logging.getLogger("outrider.sources")
+_R = TypeVar("_R")
 
 # HTTP statuses a retry may fix besides 5xx: request timeout and throttling.
 TRANSIENT_STATUSES = frozenset({408, 429})
@@ -83,3 +90,25 @@ def scrub(message: str, secrets: Iterable[str]) -> str:
         if secret and len(secret) >= 4:
             message = message.replace(secret, "***")
     return message
+
+
+def retried(call: Callable[[], _R], closing: threading.Event, policy: StoreRetries | None = None) -> _R:
+    """`call()` (a listing page, a HEAD, a metadata request: blocking, in a thread), retried after a
+    SourceTransientError with the chunk reads' policy (`StoreRetries`: backoff with jitter, at least a throttled
+    answer's Retry-After; default `STORE_RETRIES`); the last failure is raised as it is once `policy.attempts`
+    failed in a row. The SDKs' own retries are off, so this is the only retry such a request gets. The wait ends
+    early when `closing` is set (the source was closed: its caller has gone), and the failure is raised then."""
+    policy = policy or STORE_RETRIES
+    failures = 0
+    while True:
+        try:
+            return call()
+        except SourceTransientError as exc:
+            failures += 1
+            if failures >= policy.attempts:
+                log.info("%s; giving up after %d tries", exc.message, failures)
+                raise
+            wait = policy.wait(failures, exc.retry_after if isinstance(exc, SourceThrottled) else None)
+            log.info("%s; retrying in %.2fs", exc.message, wait)
+            if closing.wait(wait):
+                raise

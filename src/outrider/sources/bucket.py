@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import ipaddress
 import re
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, NoReturn, ParamSpec, Protocol, TypeVar
@@ -23,6 +25,7 @@ from outrider.sources._common import (
     check_range,
     check_relative_path,
     repieced,
+    retried,
     scrub,
     secrets_of,
 )
@@ -201,6 +204,7 @@ class BucketSource(Source):
         self._prefix = ref.prefix
         self._secrets = secrets_of(options)
         self._quiet = options.request_endpoint
+        self._closing = threading.Event()  # set by close(): a listing's retry waits end
 
     # -- the SDK calls a store implements ---------------------------------------------------------------------
 
@@ -225,7 +229,7 @@ class BucketSource(Source):
         ask: list[int] = []  # indexes into files
         cursor: str | None = None
         while True:
-            page = self._call("list", self._list_page, prefix, cursor)
+            page = retried(functools.partial(self._call, "list", self._list_page, prefix, cursor), self._closing)
             for obj in page.objects:
                 rel = relative_key(prefix, obj.key, self.display)
                 if rel is None:
@@ -258,11 +262,18 @@ class BucketSource(Source):
         finally:
             body.close()
 
+    def close(self) -> None:
+        """Ends any retry wait of a listing or HEAD in flight; a subclass then closes its SDK client."""
+        self._closing.set()
+
     # -- shared machinery -------------------------------------------------------------------------------------
 
     def _confirmed_checksum(self, listed: RemoteFile) -> Checksum | None:
         try:
-            return self._call(f"head {listed.path}", self._head_checksum, key_for(self._prefix, listed.path), listed)
+            head = functools.partial(
+                self._call, f"head {listed.path}", self._head_checksum, key_for(self._prefix, listed.path), listed
+            )
+            return retried(head, self._closing)
         except (SourceAccessDenied, SourceNotFound):
             # Not allowed to ask, or gone since the listing: the read will say so, in the job. Until then, what
             # the listing gave stands.

@@ -19,12 +19,13 @@ content checksum, so they get none; `version` is the LFS oid or the blob id.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from typing import NoReturn
 
 import httpx
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import HfApi, ModelInfo, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, documented; not in __all__
 
@@ -33,15 +34,19 @@ from outrider.errors import (
     SourceAccessDenied,
     SourceError,
     SourceNotFound,
+    SourceThrottled,
     SourceTransientError,
 )
 from outrider.sources._common import (
     CONNECT_TIMEOUT,
     POOL_HEADROOM,
     READ_TIMEOUT,
+    THROTTLE_STATUSES,
     TRANSIENT_STATUSES,
     check_range,
     check_relative_path,
+    retried,
+    retry_after_seconds,
     scrub,
     secrets_of,
 )
@@ -82,6 +87,7 @@ class HuggingFaceSource(Source):
             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         )
         self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     # -- metadata ---------------------------------------------------------------------------------------------
 
@@ -96,12 +102,24 @@ class HuggingFaceSource(Source):
                 ) from None
             if status == 404:
                 raise SourceNotFound(message) from None
+            if status in THROTTLE_STATUSES:
+                wait = retry_after_seconds(exc.response.headers.get("Retry-After"))
+                raise SourceThrottled(message, retry_after=wait) from None
             if status >= 500 or status in TRANSIENT_STATUSES:
                 raise SourceTransientError(message) from None
             raise SourceError(message) from None
         if _is_transport_error(exc):
             raise SourceTransientError(f"{self.display}: {what}: {scrub(str(exc), self._secrets)}") from None
         raise SourceError(f"{self.display}: {what}: {type(exc).__name__}: {self._said(str(exc))}") from None
+
+    def _model_info(self, what: str, *, files_metadata: bool = False) -> ModelInfo:
+        """The hub's model info at the requested revision; failures as source errors about `what`."""
+        try:
+            return self._api.model_info(
+                self._repo, revision=self._requested, files_metadata=files_metadata, token=self._token
+            )
+        except Exception as exc:
+            self._raise_hub(exc, what)
 
     def _said(self, server: str) -> str:
         """What the hub said, for a message: credentials masked; nothing from an endpoint the request named."""
@@ -112,10 +130,7 @@ class HuggingFaceSource(Source):
         )
 
     def list_files(self) -> list[RemoteFile]:
-        try:
-            info = self._api.model_info(self._repo, revision=self._requested, files_metadata=True, token=self._token)
-        except Exception as exc:
-            self._raise_hub(exc, "list")
+        info = retried(functools.partial(self._model_info, "list", files_metadata=True), self._closing)
         if not info.sha:
             raise SourceError(f"{self.display}: the hub did not say which commit {self._requested!r} is")
         files: list[RemoteFile] = []
@@ -141,10 +156,7 @@ class HuggingFaceSource(Source):
         with self._lock:
             if self.revision is not None:
                 return self.revision
-        try:
-            info = self._api.model_info(self._repo, revision=self._requested, token=self._token)
-        except Exception as exc:
-            self._raise_hub(exc, "resolve revision")
+        info = retried(functools.partial(self._model_info, "resolve revision"), self._closing)
         if not info.sha:
             raise SourceError(f"{self.display}: the hub did not say which commit {self._requested!r} is")
         with self._lock:
@@ -176,4 +188,5 @@ class HuggingFaceSource(Source):
         )
 
     def close(self) -> None:
+        self._closing.set()  # a metadata request's retry wait ends
         self._http.close()

@@ -123,4 +123,5 @@ class ObsSource(BucketSource):
         return None
 
     def close(self) -> None:
+        super().close()
         self._client.close()

@@ -202,4 +202,5 @@ class S3Source(BucketSource):
         return None
 
     def close(self) -> None:
+        super().close()
         self._client.close()

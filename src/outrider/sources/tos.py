@@ -83,6 +83,7 @@ class TosSource(BucketSource):
         return None
 
     def close(self) -> None:
+        super().close()
         self._client.close()
 
 

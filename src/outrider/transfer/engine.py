@@ -48,7 +48,6 @@ import errno
 import functools
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -56,7 +55,7 @@ from pathlib import Path
 
 import trio
 
-from outrider.backoff import Backoff
+from outrider.backoff import STORE_RETRIES, Backoff, throttled_wait
 from outrider.errors import (
     InsufficientStorage,
     OutriderError,
@@ -73,12 +72,7 @@ from outrider.transfer.progress import FileProgress, Progress
 
 log = logging.getLogger(__name__)
 
-# The longest a store's Retry-After is honoured for: past this, an endpoint (misconfigured, or one a request named)
-# could park a download indefinitely; a stalled read is given up after 120 s (stall_timeout) too.
-RETRY_AFTER_CAP = 60.0
-# A Retry-After wait is lengthened by up to this fraction, at random: every client the store throttled was told the
-# same number, and coming back all at once would throttle them all again.
-RETRY_AFTER_SPREAD = 0.25
+# RETRY_AFTER_CAP and RETRY_AFTER_SPREAD: outrider/backoff.py, shared with the listings' and HEADs' retries.
 
 # Verification reads whole files back and hashes them: CPU-bound, so no more of them than this at once
 # (and not under the network limiter, where a hash pass would hold a ranged-read slot idle).
@@ -90,9 +84,9 @@ class TransferOptions:
     workers: int = DEFAULT_DOWNLOAD_WORKERS
     chunk_size: int = DEFAULT_CHUNK_SIZE
     # Failures in a row (without a byte of progress) before a chunk, and so the download, gives up.
-    max_attempts: int = 6
-    backoff_initial: float = 0.25
-    backoff_max: float = 10.0
+    max_attempts: int = STORE_RETRIES.attempts
+    backoff_initial: float = STORE_RETRIES.initial
+    backoff_max: float = STORE_RETRIES.cap
     stall_timeout: float = 120.0
     # How often finished chunks (and how far unfinished ones got) are recorded: what a takeover after a kill -9
     # fetches twice is at most this many seconds of transfer. Such a save skips the fsyncs (state.py), so it is
@@ -388,9 +382,7 @@ class _Run:
         that the many clients it told the same thing do not all come back in the same instant. And no read of this
         run starts before then: without that, one throttled answer would meet `workers - 1` more requests from us,
         each to be throttled in turn, and N pods multiply that into a retry storm."""
-        if exc.retry_after is not None:
-            asked = min(exc.retry_after, RETRY_AFTER_CAP)
-            delay = max(delay, asked * (1.0 + RETRY_AFTER_SPREAD * random.random()))
+        delay = throttled_wait(delay, exc.retry_after)
         self.hold_until = max(self.hold_until, trio.current_time() + delay)
         return delay
 
