@@ -11,12 +11,9 @@ import httpx
 import pytest
 import trio
 
-from outrider import backoff
-from outrider.backoff import StoreRetries
 from outrider.runtime import Runtime
 from outrider.service import serve
 from outrider.settings import Settings
-from outrider.sources import _common
 from tests.fakes.engine import FakeEngine
 from tests.spec_check import SpecCheck
 
@@ -83,14 +80,3 @@ async def vllm_engine(nursery: trio.Nursery, engine_pages: dict[str, str]) -> As
     await engine.start(nursery)
     yield engine
     engine.stop()
-
-
-@pytest.fixture
-def fast_store_retries(monkeypatch: pytest.MonkeyPatch) -> StoreRetries:
-    """Listings and HEADs retried twice at most, a millisecond apart, and a store's Retry-After honoured for 10 ms
-    at most: for the tests of how a store's failures are mapped, which would otherwise wait out the real backoff
-    (seconds) on every transient answer. The policy itself is tested with its real waits."""
-    fast = StoreRetries(attempts=2, initial=0.001, cap=0.002)
-    monkeypatch.setattr(_common, "STORE_RETRIES", fast)
-    monkeypatch.setattr(backoff, "RETRY_AFTER_CAP", 0.01)
-    return fast

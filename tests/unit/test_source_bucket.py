@@ -108,6 +108,7 @@ def test_a_refused_metadata_request_keeps_the_listed_checksum(refusal: Refused) 
     assert {f.path: f.checksum for f in store.list_files()}["dir/c.ask"] == MD5
 
 
+@pytest.mark.usefixtures("fast_store_retries")  # the mapping, not the retry policy
 def test_a_failed_metadata_request_fails_the_listing() -> None:
     store = DictStore(tree())
     store.fail["m/dir/c.ask"] = ConnectionError("reset")
@@ -129,6 +130,7 @@ def test_an_empty_prefix_is_not_found_and_an_escaping_key_is_refused() -> None:
         DictStore({"m/a/../b": b"x"}).list_files()
 
 
+@pytest.mark.usefixtures("fast_store_retries")  # the mapping, not the retry policy
 @pytest.mark.parametrize(
     ("raised", "error", "words"),
     [
