@@ -8,11 +8,13 @@ well under 2 s; stopping launched engines adds at most --engine-stop-grace + 12 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -180,7 +182,13 @@ async def serve(
     await trio.to_thread.run_sync(check_bindable, settings.host, settings.port)
     runtime = build_runtime(settings, source_opener, lifecycle)
     app = create_asgi(runtime)
-    async with trio.open_nursery() as nursery:
+    # The httpx clients the runtime holds, closed however serve ends (a loop failing at start included), after
+    # every loop using them has stopped.
+    async with contextlib.AsyncExitStack() as clients, trio.open_nursery() as nursery:
+        assert runtime.adapters is not None
+        clients.push_async_callback(_shielded_close, runtime.adapters.engine.aclose)
+        if runtime.engines is not None:
+            clients.push_async_callback(_shielded_close, runtime.engines.api.aclose)
         await nursery.start(runtime.target.run)  # first: every other loop reads the engine target
         await nursery.start(runtime.scraper.run)
         assert runtime.downloads is not None and runtime.adapters is not None
@@ -189,7 +197,6 @@ async def serve(
             await nursery.start(runtime.pod_model.run)
         if runtime.engines is not None:  # after downloads (activations fetch through them), before the server
             await nursery.start(runtime.engines.run)
-        nursery.start_soon(_close_engine_client_at_exit, runtime.adapters.engine)
         await nursery.start(runtime.adapters.run)
         if runtime.adapters_file is not None:
             await nursery.start(runtime.adapters_file.run)
@@ -231,12 +238,9 @@ async def _serve_http(
         scope.cancel()  # the server is done: stop every other loop too
 
 
-async def _close_engine_client_at_exit(engine: EngineClient) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        with trio.CancelScope(shield=True):
-            await engine.aclose()
+async def _shielded_close(aclose: Callable[[], Awaitable[None]]) -> None:
+    with trio.CancelScope(shield=True):  # a shutdown's cancellation must not cut the close short
+        await aclose()
 
 
 async def _main(settings: Settings, source_opener: SourceOpener | None = None) -> None:

@@ -23,7 +23,7 @@ import trio
 from outrider.adapters.names import directory_name, display_source
 from outrider.errors import InvalidSource, OutriderError, SourceAccessDenied, SourceNotFound
 from outrider.sources.uri import VolumeRef, parse_source
-from outrider.transfer.paths import Root, confine_any
+from outrider.transfer.paths import Root, confine_any, probe_limiter
 
 #: Download `source` (with its per-request options, e.g. credentials) into the directory `dest` and return the
 #: directory holding the adapter. The transfer engine provides it; it must publish atomically (nothing
@@ -111,7 +111,7 @@ class VolumeFetcher:
         if is_volume_source(source):
             in_place = await trio.to_thread.run_sync(
                 lambda: place_on_volume(source, adapter_root=self.root, pvc_root=self.pvc_root),
-                limiter=self._limiter,
+                limiter=self._limiter or probe_limiter(),
                 abandon_on_cancel=True,
             )
             if in_place is not None:
@@ -125,7 +125,12 @@ class VolumeFetcher:
         # Confined again here, symlinks resolved, right before anything is written (the caller checked it when the
         # adapter was declared; a link made since must not lead the write elsewhere).
         target = await trio.to_thread.run_sync(
-            confine_any, self.write_roots, str(dest), "output_dir", limiter=self._limiter, abandon_on_cancel=True
+            confine_any,
+            self.write_roots,
+            str(dest),
+            "output_dir",
+            limiter=self._limiter or probe_limiter(),
+            abandon_on_cancel=True,
         )
         try:
             return Fetched(await self.remote(source, config, target), downloaded=True)

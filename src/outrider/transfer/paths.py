@@ -71,15 +71,35 @@ def confine_any(roots: Sequence[Root], raw: str, field: str) -> Path:
     raise PathOutsideRoot(f"{field} must be a directory under {named}: {raw!r}", field=field)
 
 
+# Threads for probing the file system of a request's path (realpath, isdir): their own, not trio's default
+# limiter, which every other `to_thread` call shares. An abandoned probe holds its token until the call returns,
+# and on a hung network mount it never does: then only other probes wait, not every blocking call of the process.
+PROBE_THREADS = 8
+_PROBES: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("outrider_fs_probes")
+
+
+def probe_limiter() -> trio.CapacityLimiter:
+    """The limiter of this trio run's file-system probes (PROBE_THREADS)."""
+    try:
+        return _PROBES.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(PROBE_THREADS)
+        _PROBES.set(limiter)
+        return limiter
+
+
 async def confine_any_off_loop(roots: Sequence[Root], raw: str, field: str) -> Path:
     """`confine_any` in a worker thread, as `confine_off_loop`."""
-    return await trio.to_thread.run_sync(confine_any, roots, raw, field, abandon_on_cancel=True)
+    return await trio.to_thread.run_sync(
+        confine_any, roots, raw, field, abandon_on_cancel=True, limiter=probe_limiter()
+    )
 
 
 async def confine_off_loop(root: str | Path, raw: str, field: str) -> Path:
-    """`confine` in a worker thread. A caller cancelled meanwhile (a client gone, a shutdown) returns at once; the
-    thread, stuck perhaps on a dead mount, is left to finish on its own: it only reads."""
-    return await trio.to_thread.run_sync(confine, root, raw, field, abandon_on_cancel=True)
+    """`confine` in a worker thread under `probe_limiter`. A caller cancelled meanwhile (a client gone, a
+    shutdown) returns at once; the thread, stuck perhaps on a dead mount, is left to finish on its own: it only
+    reads."""
+    return await trio.to_thread.run_sync(confine, root, raw, field, abandon_on_cancel=True, limiter=probe_limiter())
 
 
 def join_under(dest: Path, relative: str) -> Path:
