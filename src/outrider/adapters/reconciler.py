@@ -33,7 +33,7 @@ from outrider.adapters.names import directory_name, display_source, validate_nam
 from outrider.adapters.state import Adapter, Origin, State, Ticket
 from outrider.backoff import Backoff
 from outrider.engines.base import LoraApi
-from outrider.engines.client import EngineAdapter, EngineClient
+from outrider.engines.client import EngineClient
 from outrider.errors import (
     Conflict,
     EngineRefused,
@@ -359,14 +359,14 @@ class Reconciler:
                     rec.loaded_path = None
                 if rec.retry_at > now:
                     continue
-                self._spawn(rec, seen)
+                self._spawn(rec)
             elif not ours:
                 self._forget(rec)  # the engine no longer holds what outrider loaded (restart): nothing to undo
             elif rec.retry_at <= now:
-                self._spawn(rec, seen)
+                self._spawn(rec)
         self._changed_now()
 
-    def _spawn(self, rec: Adapter, seen: EngineAdapter | None) -> None:
+    def _spawn(self, rec: Adapter) -> None:
         assert self._nursery is not None, "run() has not started"
         self._busy.add(rec.name)
         self._nursery.start_soon(self._work, rec.name)

@@ -37,7 +37,7 @@ from outrider.transfer.settings import DownloadSettings
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
+# A job is queued, running, then completed, failed or cancelled.
 ACTIVE_STATES = ("queued", "running")
 # Finished jobs kept for GET /v1/downloads; older ones are forgotten (their directories keep their records).
 FINISHED_JOBS_KEPT = 200
@@ -173,9 +173,6 @@ class JobManager:
 
     def list(self) -> list[Job]:
         return list(self._jobs.values())
-
-    def active_for(self, dest: Path) -> Job | None:
-        return next((j for j in self._jobs.values() if j.active and j.dest == dest), None)
 
     # -- commands --------------------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
-# File states, in the order a file goes through them; `unchanged` = already published and current, not fetched.
-FILE_STATES = ("pending", "fetching", "verifying", "published", "unchanged")
+# File states, in the order a file goes through them: pending, fetching, verifying, published; or `unchanged`,
+# already published and current, not fetched.
 
 
 @dataclasses.dataclass
