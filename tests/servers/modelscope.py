@@ -12,7 +12,8 @@ What it serves (as modelscope.cn does, per the ModelScope SDK's HubApi and publi
 Known differences from the real hub: the token is checked as `Authorization: Bearer <token>` (the SDK logs in with
 its token for a session cookie, `m_session_id`; the hub also takes the bearer header, which is what outrider
 sends); one revision (`master`) plus the commit id; no datasets, pagination, rate limits or CDN redirects. For tests
-it records the Authorization header of every request (`seen_auth`).
+it records the Authorization header of every request (`seen_auth`), and answers the next `listing_failures`
+listings with a 503.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ModelScopeServer(ThreadedServer):
         self.repos: dict[str, dict[str, bytes]] = {}
         self.private: set[str] = set()
         self.seen_auth: list[str | None] = []
+        self.listing_failures = 0  # the next listings answered 503, as a throttled or restarting hub answers
         self._lock = threading.Lock()
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], *, private: bool = False) -> None:
@@ -73,6 +75,12 @@ class _Handler(QuietHandler):
             self._error(404, f"revision {query.get('Revision')} not found")
             return
         if parts[5:] == ["repo", "files"]:
+            with self.hub._lock:
+                failing = self.hub.listing_failures > 0
+                self.hub.listing_failures -= failing
+            if failing:
+                self._error(503, "service unavailable")
+                return
             self._list(files)
         elif parts[5:] == ["repo"]:
             self._file(files, query.get("FilePath", ""))

@@ -13,6 +13,7 @@ transfer engine owns the writing.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -26,6 +27,7 @@ from outrider.sources._common import (
     READ_TIMEOUT,
     check_range,
     check_relative_path,
+    retried,
     scrub,
     secrets_of,
 )
@@ -52,6 +54,7 @@ class ModelScopeSource(Source):
             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         )
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # ends a listing's retry wait at close
 
     def _raise_status(self, response: httpx.Response, what: str) -> NoReturn:
         try:
@@ -65,8 +68,8 @@ class ModelScopeSource(Source):
             response, message, denied=" (the repo is missing or private, and the token does not grant access)"
         )
 
-    def list_files(self) -> list[RemoteFile]:
-        what = "list"
+    def _listing(self, what: str) -> httpx.Response:
+        """One listing request; a transport failure or a status a retry may fix is a SourceTransientError."""
         try:
             response = self._http.get(
                 f"{self._api}/repo/files",
@@ -77,6 +80,13 @@ class ModelScopeSource(Source):
             raise SourceTransientError(f"{self.display}: {what}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
             self._raise_status(response, what)
+        return response
+
+    def list_files(self) -> list[RemoteFile]:
+        what = "list"
+        # Retried as chunk reads are (the SDK-less client has no retries of its own): one throttled listing must
+        # not fail a whole download.
+        response = retried(functools.partial(self._listing, what), self._closing)
         try:
             entries: Any = response.json()["Data"]["Files"]
         except (ValueError, KeyError, TypeError):
@@ -126,4 +136,5 @@ class ModelScopeSource(Source):
         )
 
     def close(self) -> None:
+        self._closing.set()
         self._http.close()
