@@ -50,15 +50,17 @@ def test_the_engine_starts_after_startup_turns_200_and_serves_the_local_copy(
         with outrider_process(*args, env=pod) as url, httpx.Client(base_url=url, timeout=30) as outrider:
             first = outrider.get("/startup")
             assert first.status_code == 503 and first.json()["status"] == "downloading", first.text
-            seen_503 = 0
+            seen_503, missing_seen = 0, False
             while (answer := outrider.get("/startup")).status_code == 503:
                 assert answer.json()["status"] == "downloading", answer.text
-                # Not complete while it says so: some file is still missing under its final name.
-                assert not all((root / "tiny" / name).exists() for name in files)
+                # 503 while files are still missing (it may stay 503 a moment after the last rename, until the
+                # job has recorded the directory complete: the guarantee is the other way, 200 means complete).
+                missing_seen |= not all((root / "tiny" / name).exists() for name in files)
                 seen_503 += 1
                 assert time.monotonic() - started < WITHIN, answer.text
                 time.sleep(0.1)
             took = time.monotonic() - started
+            assert missing_seen, "never seen at 503 while a file was still missing"
             body = answer.json()
             assert body["status"] == "ready" and body["model_dir"] == str(root / "tiny")
             print(f"\npod model from S3 (moto, paced): /startup 200 after {took:.1f}s, 503 seen {seen_503} times")
